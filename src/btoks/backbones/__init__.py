@@ -1,0 +1,43 @@
+"""Backbone adapters behind one protocol, and the registry that picks one for a model.
+
+The registry is the only place that dispatches on model type; add a family by subclassing ``Backbone`` and
+listing it in ``ADAPTERS`` (most specific first; ``CausalLMBackbone`` is the catch-all).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig
+
+from btoks.backbones.base import Backbone, ModelInputs, Segment
+from btoks.backbones.causal_lm import CausalLMBackbone
+from btoks.backbones.qwen_vl import QwenVLBackbone
+
+ADAPTERS: list[type[Backbone]] = [QwenVLBackbone, CausalLMBackbone]
+
+
+def adapter_for(config: Any) -> type[Backbone]:
+    """The adapter class for a HF config (clear error when no family matches)."""
+    for adapter in ADAPTERS:
+        if adapter.matches(config):
+            return adapter
+    raise ValueError(
+        f"no btoks backbone adapter for model_type={getattr(config, 'model_type', None)!r} "
+        f"(architectures={getattr(config, 'architectures', None)}); supported: Qwen2/2.5/3-VL and any *ForCausalLM"
+    )
+
+
+def load_backbone(name_or_path: str, *, trust_remote_code: bool = False, **kwargs: Any) -> Backbone:
+    """Load a backbone by hub name or local path (weights stay safetensors; remote code off unless asked)."""
+    from btoks.backbones.composed import MINI_NAME, load_mini
+
+    if name_or_path == MINI_NAME:
+        return load_mini(**kwargs)
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    adapter = adapter_for(config)
+    return adapter.load(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
+
+
+__all__ = ["ADAPTERS", "Backbone", "CausalLMBackbone", "ModelInputs", "QwenVLBackbone", "Segment",
+           "adapter_for", "load_backbone"]

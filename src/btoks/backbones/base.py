@@ -1,0 +1,221 @@
+"""The Backbone protocol: what BToksModel needs from a (multimodal) decoder, and the shared implementation.
+
+An adapter turns ``Sample``s into token ids plus model kwargs (pixel values, grids), computes position ids
+(1-D for text LMs, M-RoPE for Qwen-VL), and runs the base decoder with an arbitrary mask and KV cache. Families
+differ only in how media become tokens and positions; everything else lives here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from btoks.data.sample import IMAGE_TOKEN, VIDEO_TOKEN, Sample
+
+_MEDIA_SPLIT = re.compile(f"({re.escape(IMAGE_TOKEN)}|{re.escape(VIDEO_TOKEN)})")
+TEXT, IMAGE, VIDEO = 0, 1, 2
+
+
+@dataclass
+class Segment:
+    """A run of token ids of one kind (text, image or video placeholders)."""
+
+    ids: list[int]
+    kind: int = TEXT
+
+
+@dataclass
+class ModelInputs:
+    """A left-padded batch: the last column of every row is its last real token."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    media: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def to(self, device: torch.device | str) -> ModelInputs:
+        return ModelInputs(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.position_ids.to(device),
+            {k: v.to(device) for k, v in self.media.items()},
+        )
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+class Backbone:
+    """Shared adapter logic; subclasses set ``family`` and override the media hooks."""
+
+    family: ClassVar[str] = "base"
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    # ---- registry hooks -------------------------------------------------------------------------------------
+    @classmethod
+    def matches(cls, config: Any) -> bool:
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, name_or_path: str, **kwargs: Any) -> Backbone:
+        raise NotImplementedError
+
+    # ---- model parts ----------------------------------------------------------------------------------------
+    @property
+    def base_model(self) -> nn.Module:
+        """The decoder without its LM head (returns hidden states)."""
+        return self.model.get_decoder() if not hasattr(self.model, "model") else self.model.model
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.model.get_output_embeddings()
+
+    @property
+    def lora_target_modules(self) -> list[str] | str:
+        """Which linear layers LoRA wraps: the LLM projections."""
+        return ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+    @property
+    def embedding_module_name(self) -> str:
+        return "embed_tokens"
+
+    @property
+    def eos_token_id(self) -> int | None:
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            eos = getattr(self.model.config, "eos_token_id", None)
+        return eos[0] if isinstance(eos, list | tuple) else eos
+
+    # ---- media hooks (override in multimodal families) -------------------------------------------------------
+    def image_segments(self, images: list[Image.Image]) -> tuple[list[list[Segment]], dict[str, torch.Tensor]]:
+        """Token segments per image (placeholders plus any wrapping tokens) and the model kwargs they need."""
+        raise ValueError(f"{self.family} backbone '{self.model.config.model_type}' cannot take images")
+
+    def video_segments(self, frames: list[Image.Image]) -> tuple[list[Segment], dict[str, torch.Tensor]]:
+        """Token segments for one video given as sampled frames, and the model kwargs they need."""
+        raise ValueError(f"{self.family} backbone '{self.model.config.model_type}' cannot take video")
+
+    def merge_media(self, parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Concatenate per-sample media kwargs along dim 0 (patch rows, grids)."""
+        keys = sorted({k for p in parts for k in p})
+        return {k: torch.cat([p[k] for p in parts if k in p]) for k in keys}
+
+    def compute_position_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                             kinds: torch.Tensor, media: dict[str, torch.Tensor]) -> torch.Tensor:
+        """1-D positions that skip left padding; M-RoPE families override."""
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    # ---- building inputs -------------------------------------------------------------------------------------
+    def text_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def sample_segments(self, sample: Sample) -> tuple[list[Segment], dict[str, torch.Tensor]]:
+        """Split the prompt at media markers; media without a marker go first (VLM2Vec convention)."""
+        prompt = sample.prompt
+        images = list(sample.images)
+        n_image_markers = prompt.count(IMAGE_TOKEN)
+        if n_image_markers > len(images):
+            raise ValueError(f"sample {sample.id!r}: {n_image_markers} {IMAGE_TOKEN} markers but "
+                             f"{len(images)} images")
+        if sample.video is not None and VIDEO_TOKEN not in prompt:
+            prompt = VIDEO_TOKEN + prompt
+        if len(images) > n_image_markers:
+            prompt = IMAGE_TOKEN * (len(images) - n_image_markers) + prompt
+        image_segs, media = self.image_segments(images) if images else ([], {})
+        parts: list[dict[str, torch.Tensor]] = [media] if media else []
+        segments: list[Segment] = []
+        image_iter = iter(image_segs)
+        for piece in _MEDIA_SPLIT.split(prompt):
+            if piece == IMAGE_TOKEN:
+                segments.extend(next(image_iter))
+            elif piece == VIDEO_TOKEN:
+                if not sample.video:
+                    raise ValueError(f"sample {sample.id!r}: {VIDEO_TOKEN} marker but no video frames")
+                video_segs, video_media = self.video_segments(sample.video)
+                segments.extend(video_segs)
+                parts.append(video_media)
+            elif piece:
+                segments.append(Segment(self.text_ids(piece)))
+        return segments, self.merge_media(parts) if parts else {}
+
+    def build_inputs(self, samples: list[Sample], suffix_ids: list[int], max_length: int) -> ModelInputs:
+        """Tokenise samples, append ``suffix_ids`` (the BToks) to each, left-pad, compute positions.
+
+        Text is truncated from its end when a row exceeds ``max_length``; media tokens and the suffix never are.
+        """
+        rows: list[tuple[list[int], list[int]]] = []
+        media_parts: list[dict[str, torch.Tensor]] = []
+        for sample in samples:
+            segments, media = self.sample_segments(sample)
+            if not any(s.ids for s in segments):
+                raise ValueError(f"sample {sample.id!r} is empty (no text and no media)")
+            excess = sum(len(s.ids) for s in segments) + len(suffix_ids) - max_length
+            for seg in reversed(segments):
+                if excess <= 0:
+                    break
+                if seg.kind == TEXT:
+                    cut = min(excess, len(seg.ids))
+                    seg.ids = seg.ids[: len(seg.ids) - cut]
+                    excess -= cut
+            if excess > 0:
+                raise ValueError(f"sample {sample.id!r}: media tokens alone exceed max_length={max_length}")
+            ids = [i for s in segments for i in s.ids] + list(suffix_ids)
+            kinds = [s.kind for s in segments for _ in s.ids] + [TEXT] * len(suffix_ids)
+            rows.append((ids, kinds))
+            if media:
+                media_parts.append(media)
+        width = max(len(ids) for ids, _ in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        kinds_t = torch.zeros((len(rows), width), dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, (ids, kinds) in enumerate(rows):
+            input_ids[r, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            kinds_t[r, width - len(ids):] = torch.tensor(kinds, dtype=torch.long)
+            attention_mask[r, width - len(ids):] = 1
+        media = self.merge_media(media_parts) if media_parts else {}
+        position_ids = self.compute_position_ids(input_ids, attention_mask, kinds_t, media)
+        return ModelInputs(input_ids, attention_mask, position_ids, self.media_kwargs(media, kinds_t))
+
+    def media_kwargs(self, media: dict[str, torch.Tensor], kinds: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extra kwargs the base model's forward needs (e.g. ``mm_token_type_ids``)."""
+        return media
+
+    # ---- running ---------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        media: dict[str, torch.Tensor] | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+        output_attentions: bool = False,
+    ) -> Any:
+        """Run the decoder (no LM head) with explicit positions; ``attention_mask`` may be 2-D or a 4-D mask."""
+        kwargs: dict[str, Any] = dict(media or {})
+        if output_attentions:
+            kwargs["output_attentions"] = True
+        return self.base_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            **kwargs,
+        )
+
+    # ---- saving ----------------------------------------------------------------------------------------------
+    def save_processors(self, directory: str) -> None:
+        self.tokenizer.save_pretrained(directory)

@@ -1,0 +1,4 @@
+MINI_NAME = "btoks-mini"
+
+def load_mini(**kwargs):
+    raise NotImplementedError

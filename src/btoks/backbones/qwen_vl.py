@@ -1,0 +1,143 @@
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL: images, multiple images and video frames, M-RoPE positions.
+
+Inputs are built token by token (``<|vision_start|>`` + N placeholders + ``<|vision_end|>``) instead of through
+the HF processor, because BToks must be appended after the placeholders are expanded and because the HF video
+processor needs torchvision. Pixels go through the family's HF image processor (PIL backend); a video's frames
+are patchified pairwise into the ``temporal_patch_size`` layout the vision tower expects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+from btoks.backbones.base import IMAGE, VIDEO, Backbone, Segment
+
+_FAMILIES = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
+
+def _image_processor_from_config(vision_config: Any) -> Any:
+    from transformers import Qwen2VLImageProcessorPil
+
+    return Qwen2VLImageProcessorPil(
+        patch_size=vision_config.patch_size,
+        temporal_patch_size=vision_config.temporal_patch_size,
+        merge_size=vision_config.spatial_merge_size,
+    )
+
+class QwenVLBackbone(Backbone):
+    """One adapter for the Qwen-VL generations; they differ only in how a video is split into groups."""
+
+    family = "qwen_vl"
+
+    def __init__(self, model: Any, tokenizer: Any, image_processor: Any = None) -> None:
+        super().__init__(model, tokenizer)
+        cfg = model.config
+        self.image_processor = image_processor or _image_processor_from_config(cfg.vision_config)
+        self.merge = cfg.vision_config.spatial_merge_size
+        self.temporal = cfg.vision_config.temporal_patch_size
+        self.image_token_id = cfg.image_token_id
+        self.video_token_id = cfg.video_token_id
+        self.vision_start_id = cfg.vision_start_token_id
+        self.vision_end_id = cfg.vision_end_token_id
+        self.split_video_frames = cfg.model_type == "qwen3_vl"  # Qwen3-VL separates temporal groups
+
+    @classmethod
+    def matches(cls, config: Any) -> bool:
+        return getattr(config, "model_type", None) in _FAMILIES
+
+    @classmethod
+    def load(cls, name_or_path: str, *, dtype: Any = None, trust_remote_code: bool = False,
+             attn_implementation: str | None = "sdpa", min_pixels: int | None = None,
+             max_pixels: int | None = None, **kwargs: Any) -> QwenVLBackbone:
+        model = AutoModelForImageTextToText.from_pretrained(
+            name_or_path, dtype=dtype, trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation, **kwargs,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        try:
+            image_processor = AutoImageProcessor.from_pretrained(name_or_path, backend="pil")
+        except (OSError, ValueError):
+            image_processor = None
+        backbone = cls(model, tokenizer, image_processor)
+        backbone.set_pixel_budget(min_pixels, max_pixels)
+        return backbone
+
+    def set_pixel_budget(self, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
+        """Bound image sizes (the paper: max 28·28·1280 for images); applies to later calls."""
+        size = dict(getattr(self.image_processor, "size", None) or {})
+        if min_pixels is not None:
+            size["shortest_edge"] = min_pixels
+        if max_pixels is not None:
+            size["longest_edge"] = max_pixels
+        if size:
+            self.image_processor.size = size
+
+    @property
+    def lora_target_modules(self) -> str:
+        # Only the LLM's projections: the vision tower has its own q/k/v-like layers that LoRA should not touch.
+        return r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+    @property
+    def base_model(self) -> Any:
+        return self.model.model
+
+    def _patchify(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.image_processor(images=images, return_tensors="pt")
+        return out["pixel_values"], out["image_grid_thw"]
+
+    def _wrap(self, n_tokens: int, kind: int, token_id: int) -> list[Segment]:
+        return [Segment([self.vision_start_id]), Segment([token_id] * n_tokens, kind), Segment([self.vision_end_id])]
+
+    def image_segments(self, images: list[Image.Image]) -> tuple[list[list[Segment]], dict[str, torch.Tensor]]:
+        pixels, grids = self._patchify(images)
+        segs = [self._wrap(int(g.prod()) // self.merge**2, IMAGE, self.image_token_id) for g in grids]
+        return segs, {"pixel_values": pixels, "image_grid_thw": grids}
+
+    def video_segments(self, frames: list[Image.Image]) -> tuple[list[Segment], dict[str, torch.Tensor]]:
+        """Frames → ``pixel_values_videos``: each temporal group takes slot ``i`` from the group's i-th frame."""
+        size = frames[0].size
+        frames = [f.convert("RGB").resize(size) if f.size != size else f.convert("RGB") for f in frames]
+        while len(frames) % self.temporal:
+            frames.append(frames[-1])
+        pixels, grids = self._patchify(frames)
+        n_rows = int(grids[0].prod())
+        per_frame = pixels.view(len(frames), n_rows, 3, self.temporal, -1)
+        groups = []
+        for g in range(len(frames) // self.temporal):
+            block = per_frame[g * self.temporal].clone()
+            for slot in range(1, self.temporal):
+                block[:, :, slot] = per_frame[g * self.temporal + slot][:, :, slot]
+            groups.append(block.reshape(n_rows, -1))
+        n_groups = len(groups)
+        grid = torch.tensor([[n_groups, int(grids[0][1]), int(grids[0][2])]])
+        per_group = n_rows // self.merge**2
+        if self.split_video_frames:
+            segs = [s for _ in range(n_groups) for s in self._wrap(per_group, VIDEO, self.video_token_id)]
+        else:
+            segs = self._wrap(per_group * n_groups, VIDEO, self.video_token_id)
+        return segs, {"pixel_values_videos": torch.cat(groups), "video_grid_thw": grid}
+
+    def compute_position_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                             kinds: torch.Tensor, media: dict[str, torch.Tensor]) -> torch.Tensor:
+        """M-RoPE (3, B, L) from the model's own ``get_rope_index``; text-only rows use equal 1-D positions."""
+        if not media:
+            text = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            return text[None].expand(3, -1, -1).clone()
+        positions, _ = self.model.model.get_rope_index(
+            input_ids,
+            mm_token_type_ids=kinds.int(),
+            image_grid_thw=media.get("image_grid_thw"),
+            video_grid_thw=media.get("video_grid_thw"),
+            attention_mask=attention_mask,
+        )
+        return positions
+
+    def media_kwargs(self, media: dict[str, torch.Tensor], kinds: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {**media, "mm_token_type_ids": kinds.int()} if media else {}
+
+    def save_processors(self, directory: str) -> None:
+        super().save_processors(directory)
+        self.image_processor.save_pretrained(directory)

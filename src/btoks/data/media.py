@@ -1,0 +1,410 @@
+"""Image / video / PDF loading with errors that name the file.
+
+Everything a reader decodes goes through here, so one place enforces the rules that keep a long evaluation from
+dying (or silently degrading) on one bad file: paths stay inside the data root, the pixel count is checked from
+the header *before* decoding (decompression bombs), and every failure is a :class:`MediaError` that carries the
+file and a short machine-readable ``reason`` that skip counters can group by.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+DEFAULT_MAX_PIXELS = 64_000_000
+"""Largest image (width x height) decoded by default; bigger headers are refused before decoding."""
+DEFAULT_NUM_FRAMES = 8
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+# Machine-readable reasons (skip counters group by these).
+MISSING = "missing_file"
+CORRUPT_IMAGE = "corrupt_image"
+TOO_LARGE = "too_large"
+UNREADABLE_VIDEO = "unreadable_video"
+BROKEN_PDF = "broken_pdf"
+PATH_ESCAPE = "path_escape"
+
+
+class MediaError(ValueError):
+    """A media file could not be used; ``str(err)`` names the file, ``reason`` is one of the constants above."""
+
+    def __init__(self, message: str, *, path: str | Path | None = None, reason: str = "media_error") -> None:
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PdfPage:
+    """A reference to one page (0-based) of a PDF, used wherever an image source is accepted."""
+
+    path: str
+    page: int = 0
+
+
+ImageSource = str | Path | bytes | PdfPage | dict
+"""A path (relative to the root), raw encoded bytes, a PDF page, or a Hugging Face image dict
+(``{"bytes": ..., "path": ...}``)."""
+
+
+def resolve_path(path: str | Path, root: str | Path | None = None) -> Path:
+    """Resolve ``path`` against ``root``; a relative path that escapes the root (``..``, symlinks) is refused.
+
+    Absolute paths are taken as given: they were written by whoever built the table, not by a row's author
+    climbing out of the data folder.
+    """
+    p = Path(path)
+    if p.is_absolute() or root is None:
+        return p
+    base = Path(root).resolve()
+    full = (base / p).resolve()
+    if not full.is_relative_to(base):
+        raise MediaError(f"{path}: path escapes the data root {base}", path=path, reason=PATH_ESCAPE)
+    return full
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key that orders ``frame_2`` before ``frame_10``."""
+    return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", name)]
+
+
+def uniform_indices(total: int, n: int) -> list[int]:
+    """``n`` indices spread uniformly over ``range(total)`` (segment centres).
+
+    When ``total < n`` indices repeat, so every video yields exactly ``n`` frames: backbones that group frames
+    in temporal patches (Qwen-VL uses pairs) and batching both prefer a fixed count.
+    """
+    if total <= 0 or n <= 0:
+        return []
+    return [min(total - 1, int(x)) for x in (np.arange(n) + 0.5) * total / n]
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int | None, name: str) -> None:
+    if max_pixels is not None and size[0] * size[1] > max_pixels:
+        raise MediaError(
+            f"{name}: {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels exceeds the limit of {max_pixels:,} "
+            "(possible decompression bomb; raise max_pixels if the file is trusted)",
+            path=name,
+            reason=TOO_LARGE,
+        )
+
+
+def _open_image(fp: Any, name: str, max_pixels: int | None) -> Image.Image:
+    """Open lazily, check the header size, then decode; PIL's own bomb guard is mapped to ``MediaError``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+            try:
+                _check_pixels(img.size, max_pixels, name)
+                img.load()
+            except BaseException:
+                img.close()
+                raise
+    except MediaError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise MediaError(f"{name}: {e}", path=name, reason=TOO_LARGE) from e
+    except FileNotFoundError as e:
+        raise MediaError(f"{name}: file not found", path=name, reason=MISSING) from e
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise MediaError(f"{name}: cannot decode image ({e})", path=name, reason=CORRUPT_IMAGE) from e
+    return img
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB with transparent areas on white (documents and logos with alpha turn black otherwise)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGB", rgba.size, (255, 255, 255))
+        bg.paste(rgba, mask=rgba.getchannel("A"))
+        return bg
+    return img.convert("RGB")
+
+
+def image_header_size(src: ImageSource, root: str | Path | None = None) -> tuple[int, int]:
+    """Width/height from the header only (cheap validation without decoding)."""
+    if isinstance(src, PdfPage):
+        w, h = pdf_page_size(src.path, src.page, root=root)
+        return round(w), round(h)
+    fp, name = _image_fp(src, root)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(fp) as img:
+                return img.size
+    except Image.DecompressionBombError as e:
+        raise MediaError(f"{name}: {e}", path=name, reason=TOO_LARGE) from e
+    except FileNotFoundError as e:
+        raise MediaError(f"{name}: file not found", path=name, reason=MISSING) from e
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise MediaError(f"{name}: cannot decode image ({e})", path=name, reason=CORRUPT_IMAGE) from e
+
+
+def _image_fp(src: ImageSource, root: str | Path | None) -> tuple[Any, str]:
+    """A file object or path PIL can open, plus a human-readable name for errors."""
+    if isinstance(src, dict):
+        if src.get("bytes"):
+            return io.BytesIO(src["bytes"]), str(src.get("path") or "<image bytes>")
+        if src.get("path"):
+            src = src["path"]
+        else:
+            raise MediaError("<image dict>: neither 'bytes' nor 'path' is set", reason=MISSING)
+    if isinstance(src, bytes | bytearray):
+        return io.BytesIO(bytes(src)), "<image bytes>"
+    path = resolve_path(src, root)
+    if not path.is_file():
+        raise MediaError(f"{path}: file not found", path=path, reason=MISSING)
+    return path, str(path)
+
+
+def load_image(
+    src: ImageSource,
+    root: str | Path | None = None,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    pdf_scale: float = 1.0,
+) -> Image.Image:
+    """Decode one image (path, bytes, HF image dict or :class:`PdfPage`) to RGB."""
+    if isinstance(src, PdfPage):
+        return render_pdf_page(src.path, src.page, root=root, scale=pdf_scale, max_pixels=max_pixels)
+    fp, name = _image_fp(src, root)
+    return _to_rgb(_open_image(fp, name, max_pixels))
+
+
+# ---------------------------------------------------------------- video
+
+
+def list_frame_files(folder: str | Path) -> list[Path]:
+    """Image files in a frame folder, naturally sorted (``2.jpg`` before ``10.jpg``)."""
+    return sorted(
+        (p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+        key=lambda p: natural_key(p.name),
+    )
+
+
+def load_video(
+    path: str | Path,
+    root: str | Path | None = None,
+    *,
+    num_frames: int = DEFAULT_NUM_FRAMES,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> list[Image.Image]:
+    """``num_frames`` RGB frames sampled uniformly from a frame folder or a video file (PyAV)."""
+    full = resolve_path(path, root)
+    if full.is_dir():
+        frames = list_frame_files(full)
+        if not frames:
+            raise MediaError(f"{full}: frame folder has no image files", path=full, reason=UNREADABLE_VIDEO)
+        return [load_image(frames[i], max_pixels=max_pixels) for i in uniform_indices(len(frames), num_frames)]
+    if not full.exists():
+        raise MediaError(f"{full}: video not found", path=full, reason=MISSING)
+    return _decode_video_file(full, num_frames, max_pixels)
+
+
+def _count_frames(full: Path) -> int:
+    import av
+
+    with av.open(str(full)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def _decode_video_file(full: Path, num_frames: int, max_pixels: int | None) -> list[Image.Image]:
+    import av
+
+    name = str(full)
+    try:
+        with av.open(name) as container:
+            if not container.streams.video:
+                raise MediaError(f"{name}: no video stream", path=full, reason=UNREADABLE_VIDEO)
+            stream = container.streams.video[0]
+            _check_pixels((stream.codec_context.width, stream.codec_context.height), max_pixels, name)
+            total = stream.frames or 0
+        if total <= 0:  # container does not store the count: one cheap counting pass
+            total = _count_frames(full)
+        frames: list[Image.Image] = []
+        for _ in range(2):  # a second pass only if the stored count overstated the real one
+            wanted = uniform_indices(total, num_frames)
+            picked: dict[int, Image.Image] = {}
+            seen = 0
+            with av.open(name) as container:
+                for i, frame in enumerate(container.decode(video=0)):
+                    seen = i + 1
+                    if i in wanted and i not in picked:
+                        picked[i] = frame.to_image().convert("RGB")
+                    if wanted and i >= wanted[-1]:
+                        break
+            if wanted and all(i in picked for i in wanted):
+                frames = [picked[i] for i in wanted]
+                break
+            total = seen if seen < total else _count_frames(full)
+            if total <= 0:
+                break
+    except MediaError:
+        raise
+    except (av.FFmpegError, OSError, ValueError, RuntimeError) as e:
+        raise MediaError(f"{name}: cannot decode video ({e})", path=full, reason=UNREADABLE_VIDEO) from e
+    if not frames:
+        raise MediaError(f"{name}: video has no decodable frames", path=full, reason=UNREADABLE_VIDEO)
+    return frames
+
+
+def check_video(path: str | Path, root: str | Path | None = None) -> None:
+    """Cheap validation: the folder has frames, or the file opens with a video stream."""
+    full = resolve_path(path, root)
+    if full.is_dir():
+        if not list_frame_files(full):
+            raise MediaError(f"{full}: frame folder has no image files", path=full, reason=UNREADABLE_VIDEO)
+        return
+    if not full.exists():
+        raise MediaError(f"{full}: video not found", path=full, reason=MISSING)
+    import av
+
+    try:
+        with av.open(str(full)) as container:
+            if not container.streams.video:
+                raise MediaError(f"{full}: no video stream", path=full, reason=UNREADABLE_VIDEO)
+    except MediaError:
+        raise
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise MediaError(f"{full}: cannot open video ({e})", path=full, reason=UNREADABLE_VIDEO) from e
+
+
+# ---------------------------------------------------------------- PDF
+
+
+def _open_pdf(path: str | Path, root: str | Path | None) -> Any:
+    import pypdfium2 as pdfium
+
+    full = resolve_path(path, root)
+    if not full.is_file():
+        raise MediaError(f"{full}: PDF not found", path=full, reason=MISSING)
+    try:
+        return pdfium.PdfDocument(str(full))
+    except pdfium.PdfiumError as e:
+        raise MediaError(f"{full}: cannot open PDF ({e})", path=full, reason=BROKEN_PDF) from e
+
+
+def pdf_num_pages(path: str | Path, root: str | Path | None = None) -> int:
+    doc = _open_pdf(path, root)
+    try:
+        return len(doc)
+    finally:
+        doc.close()
+
+
+def pdf_page_size(path: str | Path, page: int = 0, root: str | Path | None = None) -> tuple[float, float]:
+    """Page size in PDF points (1/72 inch); also validates that the page exists."""
+    doc = _open_pdf(path, root)
+    try:
+        if not 0 <= page < len(doc):
+            raise MediaError(f"{path}: page {page} out of range (PDF has {len(doc)} pages)", path=path,
+                             reason=BROKEN_PDF)
+        return doc.get_page_size(page)
+    finally:
+        doc.close()
+
+
+def render_pdf(
+    path: str | Path,
+    root: str | Path | None = None,
+    *,
+    pages: Sequence[int] | None = None,
+    scale: float = 1.0,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> list[Image.Image]:
+    """Render pages (0-based; all when ``None``) to RGB. ``scale=1`` is 72 dpi, ``scale=2`` 144 dpi."""
+    import pypdfium2 as pdfium
+
+    doc = _open_pdf(path, root)
+    name = str(resolve_path(path, root))
+    try:
+        wanted = range(len(doc)) if pages is None else pages
+        out = []
+        for idx in wanted:
+            if not 0 <= idx < len(doc):
+                raise MediaError(f"{name}: page {idx} out of range (PDF has {len(doc)} pages)", path=name,
+                                 reason=BROKEN_PDF)
+            w, h = doc.get_page_size(idx)
+            _check_pixels((round(w * scale), round(h * scale)), max_pixels, f"{name} page {idx}")
+            page = doc[idx]
+            try:
+                out.append(page.render(scale=scale).to_pil().convert("RGB"))
+            finally:
+                page.close()
+        return out
+    except pdfium.PdfiumError as e:
+        raise MediaError(f"{name}: cannot render PDF ({e})", path=name, reason=BROKEN_PDF) from e
+    finally:
+        doc.close()
+
+
+def render_pdf_page(
+    path: str | Path,
+    page: int = 0,
+    root: str | Path | None = None,
+    *,
+    scale: float = 1.0,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
+    """One page of a PDF as an RGB image."""
+    return render_pdf(path, root, pages=[page], scale=scale, max_pixels=max_pixels)[0]
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    """How readers decode media: one object passed around instead of four keyword arguments."""
+
+    root: str | Path | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    num_frames: int = DEFAULT_NUM_FRAMES
+    pdf_scale: float = 1.0
+
+    def image(self, src: ImageSource) -> Image.Image:
+        return load_image(src, self.root, max_pixels=self.max_pixels, pdf_scale=self.pdf_scale)
+
+    def video(self, path: str | Path) -> list[Image.Image]:
+        return load_video(path, self.root, num_frames=self.num_frames, max_pixels=self.max_pixels)
+
+    def check_image(self, src: ImageSource, level: str = "header") -> None:
+        """Validate without keeping pixels: ``exists`` (stat), ``header`` (size/format), ``full`` (decode)."""
+        if level == "none":
+            return
+        if level == "full":
+            self.image(src)
+            return
+        if isinstance(src, PdfPage):
+            if level == "exists":
+                if not resolve_path(src.path, self.root).is_file():
+                    raise MediaError(f"{src.path}: PDF not found", path=src.path, reason=MISSING)
+                return
+            w, h = pdf_page_size(src.path, src.page, root=self.root)
+            _check_pixels((round(w * self.pdf_scale), round(h * self.pdf_scale)), self.max_pixels,
+                          f"{src.path} page {src.page}")
+            return
+        _, name = _image_fp(src, self.root)  # raises for a missing file / empty dict
+        if level == "header":
+            _check_pixels(image_header_size(src, self.root), self.max_pixels, name)
+
+    def check_video(self, path: str | Path, level: str = "header") -> None:
+        if level == "none":
+            return
+        if level == "full":
+            self.video(path)
+            return
+        if level == "exists":
+            full = resolve_path(path, self.root)
+            if not full.exists():
+                raise MediaError(f"{full}: video not found", path=full, reason=MISSING)
+            return
+        check_video(path, self.root)

@@ -1,0 +1,75 @@
+"""InfoNCE with cross-rank negatives, and the generative (GIC) loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All-gather ``x`` from every rank, keeping the local slice as the autograd-tracked tensor.
+
+    ``all_gather`` returns tensors without gradient history; putting the local tensor back in its slot lets
+    gradients flow to this rank's encoder while other ranks' embeddings act as constant negatives (each rank
+    computes the gradient of its own slice, which is what DDP averaging expects).
+    Returns the gathered tensor and this rank's offset into it.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
+    max_n = int(max(s.item() for s in sizes))
+    padded = F.pad(x.detach(), (0, 0, 0, max_n - x.shape[0]))
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded.contiguous())
+    rank = dist.get_rank()
+    parts = [p[: int(n.item())] for p, n in zip(parts, sizes, strict=True)]
+    parts[rank] = x
+    offset = sum(int(n.item()) for n in sizes[:rank])
+    return torch.cat(parts), offset
+
+
+def info_nce(
+    query: torch.Tensor,
+    positive: torch.Tensor,
+    temperature: float = 0.02,
+    negatives: torch.Tensor | None = None,
+    symmetric: bool = False,
+    gather: bool = True,
+) -> torch.Tensor:
+    """InfoNCE query → positive over in-batch (and, if ``gather``, cross-rank) candidates.
+
+    ``negatives`` (N, d) are extra hard-negative candidates appended to the candidate pool. ``symmetric`` adds the
+    positive → query direction. Embeddings are expected L2-normalised (cosine similarity / temperature).
+    """
+    if query.shape != positive.shape:
+        raise ValueError(f"query and positive embeddings differ in shape: {tuple(query.shape)} vs "
+                         f"{tuple(positive.shape)}")
+    if gather:
+        all_q, offset = gather_with_grad(query)
+        all_p, _ = gather_with_grad(positive)
+        all_n = gather_with_grad(negatives)[0] if negatives is not None else None
+    else:
+        all_q, all_p, all_n, offset = query, positive, negatives, 0
+    candidates = all_p if all_n is None else torch.cat([all_p, all_n])
+    labels = torch.arange(query.shape[0], device=query.device) + offset
+    loss = F.cross_entropy(query @ candidates.T / temperature, labels)
+    if symmetric:
+        loss = (loss + F.cross_entropy(positive @ all_q.T / temperature, labels)) / 2
+    return loss
+
+
+def generative_loss(logits: torch.Tensor, labels: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy over labelled target tokens, scaled by (samples with a target ÷ batch).
+
+    ``logits`` (n, T, V) are the outputs at target positions, ``labels`` (n, T) the target ids with -100 where
+    no loss applies (wrapping prefix, padding). ``batch_size`` is the full batch the n targets came from.
+    """
+    n = labels.shape[0]
+    if n == 0:
+        return logits.sum() * 0.0
+    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    shift_labels = labels[:, 1:].reshape(-1)
+    loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
+    return loss * (n / (batch_size or n))
