@@ -60,16 +60,25 @@ def info_nce(
     return loss
 
 
-def generative_loss(logits: torch.Tensor, labels: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+def generative_loss(logits: torch.Tensor, labels: torch.Tensor, batch_size: int | None = None,
+                    reduction: str = "mean") -> torch.Tensor:
     """Mean next-token cross-entropy over labelled target tokens, scaled by (samples with a target ÷ batch).
 
     ``logits`` (n, T, V) are the outputs at target positions, ``labels`` (n, T) the target ids with -100 where
     no loss applies (wrapping prefix, padding). ``batch_size`` is the full batch the n targets came from.
+    ``reduction="sum"`` returns the unscaled token sum, so GradCache chunks can be normalised by batch totals.
     """
     n = labels.shape[0]
     if n == 0:
         return logits.sum() * 0.0
     shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
     shift_labels = labels[:, 1:].reshape(-1)
+    if reduction == "sum":
+        return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
     loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
     return loss * (n / (batch_size or n))
+
+
+def count_target_tokens(labels: torch.Tensor) -> int:
+    """Tokens that carry a generative loss (labels shifted by one, as in ``generative_loss``)."""
+    return int((labels[:, 1:] != -100).sum())

@@ -43,6 +43,9 @@ class TargetBatch:
 class EncodeOutput:
     embeddings: torch.Tensor
     gen_loss: torch.Tensor | None = None
+    """Mean target-token CE scaled by (rows with a target ÷ rows), per design §1."""
+    gen_loss_sum: torch.Tensor | None = None
+    """Unnormalised token-sum CE, for normalising over a whole batch split into GradCache chunks."""
     target_logits: torch.Tensor | None = None
 
 
@@ -218,8 +221,7 @@ class BToksModel(nn.Module):
             self._target_positions(inputs, rows, targets.input_ids.shape[1]), past_key_values=cache,
             use_cache=True,
         )
-        logits = self.backbone.lm_head(t_out.last_hidden_state)
-        return EncodeOutput(emb, generative_loss(logits, targets.labels, len(inputs)), logits)
+        return self._with_gen_loss(emb, self.backbone.lm_head(t_out.last_hidden_state), targets, len(inputs))
 
     def _forward_explicit(self, inputs: ModelInputs, targets: TargetBatch) -> EncodeOutput:
         """Reference path: one pass over ``[X|B|T]`` with the explicit Condensation Mask (masks.py)."""
@@ -236,8 +238,12 @@ class BToksModel(nn.Module):
                                     positions, media)
         hidden = out.last_hidden_state
         emb = self.pool(hidden[:, :lxb], inputs.attention_mask)
-        logits = self.backbone.lm_head(hidden[targets.rows, lxb:])
-        return EncodeOutput(emb, generative_loss(logits, targets.labels, n), logits)
+        return self._with_gen_loss(emb, self.backbone.lm_head(hidden[targets.rows, lxb:]), targets, n)
+
+    @staticmethod
+    def _with_gen_loss(emb: torch.Tensor, logits: torch.Tensor, targets: TargetBatch, n: int) -> EncodeOutput:
+        return EncodeOutput(emb, generative_loss(logits, targets.labels, n),
+                            generative_loss(logits, targets.labels, reduction="sum"), logits)
 
     # ---- convenience -----------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -60,7 +60,7 @@ def _text_kwargs(vocab: int, **extra: Any) -> dict[str, Any]:
     )
 
 
-def tiny_backbone(family: str = "qwen2_vl", seed: int = 0, attn_implementation: str = "eager") -> Any:
+def tiny_backbone(family: str = "qwen2_vl", seed: int = 0, attn_implementation: str = "eager", **_: Any) -> Any:
     """Build a tiny random-weight backbone adapter: ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl`` or ``llama``."""
     from btoks.backbones import CausalLMBackbone, QwenVLBackbone
 

@@ -34,6 +34,10 @@ def load_backbone(name_or_path: str, *, trust_remote_code: bool = False, **kwarg
 
     if name_or_path == MINI_NAME:
         return load_mini(**kwargs)
+    if name_or_path.startswith("tiny:"):  # random-weight test backbones, e.g. "tiny:qwen2_vl"
+        from btoks.tiny import tiny_backbone
+
+        return tiny_backbone(name_or_path.removeprefix("tiny:"), **kwargs)
     config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     adapter = adapter_for(config)
     return adapter.load(name_or_path, trust_remote_code=trust_remote_code, **kwargs)

@@ -1,0 +1,807 @@
+"""Readers for MMEB-train, MMEB-V2 eval (image/video, "local"), ViDoRe/BEIR visual documents ("global") and
+the generic btoks JSONL layout (docs/data-format.md).
+
+Readers parse rows into :class:`SampleSpec` (text + media *references*) and validate them up front
+(``check=``), so bad rows are raised or skipped-and-counted before any model time is spent; pixels are
+decoded only when a sample is accessed, which keeps million-row training sets and 1000-candidate
+evaluation sets cheap to hold. Identical specs are interned, so a label list repeated on every row of a
+classification set is stored once.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, overload
+
+import numpy as np
+from tqdm import tqdm
+
+from btoks.data.media import MediaConfig, MediaError, PdfPage
+from btoks.data.mixture import MixtureSampler
+from btoks.data.sample import IMAGE_TOKEN, VIDEO_TOKEN, Sample
+
+OnError = Literal["raise", "skip"]
+CheckLevel = Literal["none", "exists", "header", "full"]
+NtpSide = Literal["positive", "query", "both", "none"]
+
+EMPTY = "empty"
+BAD_ROW = "bad_row"
+NO_QRELS = "no_qrels"
+TABLE_EXTENSIONS = (".jsonl", ".json", ".parquet", ".tsv", ".csv")
+
+_IMAGE_MARK = re.compile(r"<\|image_\d+\|>|<\|image\|>")
+_VIDEO_MARK = re.compile(r"<\|video_\d+\|>|<\|video\|>")
+
+
+class DataError(ValueError):
+    """A row that cannot be used. The message always names the dataset, the 0-based row and the file."""
+
+    def __init__(self, dataset: str, row: int | str, message: str, *, file: str | None = None,
+                 reason: str = BAD_ROW) -> None:
+        where = f"{dataset}: row {row}"
+        super().__init__(f"{where}: {file}: {message}" if file else f"{where}: {message}")
+        self.dataset, self.row, self.file, self.reason = dataset, row, file, reason
+
+    @classmethod
+    def from_media(cls, dataset: str, row: int | str, err: MediaError) -> DataError:
+        msg = str(err)
+        if err.path and msg.startswith(f"{err.path}: "):
+            msg = msg[len(err.path) + 2:]
+        return cls(dataset, row, msg, file=err.path, reason=err.reason)
+
+
+@dataclass
+class SkipLog:
+    """Counts of skipped rows per reason plus the first few messages, so a report can show what was dropped."""
+
+    dataset: str = ""
+    counts: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+    max_examples: int = 5
+
+    def add(self, err: DataError) -> None:
+        self.counts[err.reason] += 1
+        if len(self.examples) < self.max_examples:
+            self.examples.append(str(err))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(sorted(self.counts.items()))
+
+    def __bool__(self) -> bool:
+        return self.total > 0
+
+
+# ---------------------------------------------------------------- specs
+
+
+ImageRef = str | bytes | PdfPage
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """A :class:`Sample` before decoding: text plus media references (paths relative to the media root)."""
+
+    text: str = ""
+    instruction: str = ""
+    images: tuple[ImageRef, ...] = ()
+    video: str | None = None
+    id: str = ""
+    target: str | None = None
+
+    def key(self) -> tuple:
+        """Identity for de-duplication: same instruction, text and media means the same embedding."""
+        imgs = tuple(
+            ("sha1", hashlib.sha1(i).hexdigest()) if isinstance(i, bytes) else i for i in self.images
+        )
+        return (self.instruction, self.text, imgs, self.video)
+
+    @property
+    def is_empty(self) -> bool:
+        """No text (markers aside) and no media: nothing to embed."""
+        return not (plain_text(self.text) or self.images or self.video)
+
+    def files(self) -> list[str]:
+        out = [i.path if isinstance(i, PdfPage) else i for i in self.images if not isinstance(i, bytes)]
+        return out + ([self.video] if self.video else [])
+
+    def check(self, media: MediaConfig, level: CheckLevel) -> None:
+        """Raise :class:`MediaError` when a referenced file is unusable at the given depth."""
+        for img in self.images:
+            media.check_image(img, level)
+        if self.video:
+            media.check_video(self.video, level)
+
+    def load(self, media: MediaConfig) -> Sample:
+        return Sample(
+            text=self.text,
+            instruction=self.instruction,
+            images=[media.image(i) for i in self.images],
+            video=media.video(self.video) if self.video else None,
+            id=self.id,
+            target=self.target,
+        )
+
+
+def normalize_markers(text: str) -> str:
+    """MMEB ``<|image_1|>`` / ``<|video_1|>`` markers to the btoks ``<image>`` / ``<video>`` tokens."""
+    return _VIDEO_MARK.sub(VIDEO_TOKEN, _IMAGE_MARK.sub(IMAGE_TOKEN, text or ""))
+
+
+def plain_text(text: str) -> str:
+    """Text with media markers removed (what a generative target or an emptiness check should see)."""
+    return normalize_markers(text).replace(IMAGE_TOKEN, " ").replace(VIDEO_TOKEN, " ").strip()
+
+
+def make_spec(text: Any = "", instruction: Any = "", images: Iterable[ImageRef] = (), video: Any = None,
+              id: str = "", target: str | None = None) -> SampleSpec:
+    """Build a spec, normalising markers; markers with no media behind them are dropped (they would make a
+    backbone expect an image that is not there)."""
+    images = tuple(i for i in images if i not in ("", None))
+    video = str(video) if video else None
+    text, instruction = normalize_markers(_str(text)), normalize_markers(_str(instruction))
+    if not images:
+        text, instruction = text.replace(IMAGE_TOKEN, "").strip(), instruction.replace(IMAGE_TOKEN, "").strip()
+    if not video:
+        text, instruction = text.replace(VIDEO_TOKEN, "").strip(), instruction.replace(VIDEO_TOKEN, "").strip()
+    return SampleSpec(text=text, instruction=instruction, images=images, video=video, id=id, target=target)
+
+
+def _str(x: Any) -> str:
+    return "" if x is None else str(x)
+
+
+def _image_ref(x: Any) -> ImageRef | None:
+    """A table cell holding an image: path, raw bytes, or a Hugging Face ``{"bytes", "path"}`` struct."""
+    if x is None or x == "":
+        return None
+    if isinstance(x, bytes | bytearray):
+        return bytes(x)
+    if isinstance(x, dict):
+        if x.get("bytes"):
+            return bytes(x["bytes"])
+        if x.get("path"):
+            return str(x["path"])
+        if x.get("pdf"):
+            return PdfPage(str(x["pdf"]), int(x.get("page") or 0))
+        return None
+    if isinstance(x, PdfPage):
+        return x
+    return str(x)
+
+
+def _image_list(x: Any) -> list[ImageRef]:
+    if x is None:
+        return []
+    items = x if isinstance(x, list | tuple | np.ndarray) else [x]
+    return [r for r in (_image_ref(i) for i in items) if r is not None]
+
+
+class _Interner:
+    """Share identical specs (and remember validation outcomes) across rows."""
+
+    def __init__(self, media: MediaConfig, check: CheckLevel) -> None:
+        self.media, self.check = media, check
+        self._specs: dict[tuple, SampleSpec] = {}
+        self._errors: dict[tuple, MediaError | None] = {}
+
+    def __call__(self, spec: SampleSpec) -> SampleSpec:
+        key = (*spec.key(), spec.id, spec.target)
+        return self._specs.setdefault(key, spec)
+
+    def validate(self, spec: SampleSpec, dataset: str, row: int | str) -> None:
+        if spec.is_empty:
+            raise DataError(dataset, row, "empty sample: no text and no media", reason=EMPTY)
+        key = spec.key()
+        if key not in self._errors:
+            try:
+                spec.check(self.media, self.check)
+                self._errors[key] = None
+            except MediaError as e:
+                self._errors[key] = e
+        err = self._errors[key]
+        if err is not None:
+            raise DataError.from_media(dataset, row, err)
+
+
+# ---------------------------------------------------------------- lazy containers
+
+
+class LazySamples(Sequence[Sample]):
+    """A sequence of samples decoded on access (``list(x)`` decodes all). Decoding errors become
+    :class:`DataError` naming the dataset, the source row and the file."""
+
+    def __init__(self, specs: Sequence[SampleSpec], media: MediaConfig, dataset: str = "",
+                 rows: Sequence[int] | int | None = None) -> None:
+        self.specs = list(specs)
+        self.media, self.dataset = media, dataset
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def row_of(self, i: int) -> int:
+        if self._rows is None:
+            return i
+        return self._rows if isinstance(self._rows, int) else int(self._rows[i])
+
+    @overload
+    def __getitem__(self, i: int) -> Sample: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Sample]: ...
+    def __getitem__(self, i: int | slice) -> Sample | list[Sample]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        try:
+            return self.specs[i].load(self.media)
+        except MediaError as e:
+            raise DataError.from_media(self.dataset, self.row_of(i), e) from e
+
+    def __repr__(self) -> str:
+        return f"LazySamples({self.dataset!r}, n={len(self)})"
+
+
+@dataclass
+class TrainPair:
+    """One contrastive training example; ``negative`` is an optional hard negative."""
+
+    query: Sample
+    positive: Sample
+    negative: Sample | None = None
+    dataset: str = ""
+
+
+@dataclass(frozen=True)
+class TrainPairSpec:
+    query: SampleSpec
+    positive: SampleSpec
+    negative: SampleSpec | None
+    dataset: str
+    row: int
+
+    def load(self, media: MediaConfig) -> TrainPair:
+        try:
+            return TrainPair(
+                query=self.query.load(media),
+                positive=self.positive.load(media),
+                negative=self.negative.load(media) if self.negative else None,
+                dataset=self.dataset,
+            )
+        except MediaError as e:
+            raise DataError.from_media(self.dataset, self.row, e) from e
+
+
+class TrainSet(Sequence[TrainPair]):
+    """Training pairs of one source dataset, decoded on access."""
+
+    def __init__(self, name: str, specs: list[TrainPairSpec], media: MediaConfig, skipped: SkipLog) -> None:
+        self.name, self.specs, self.media, self.skipped = name, specs, media, skipped
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def __getitem__(self, i: int) -> TrainPair:  # type: ignore[override]
+        return self.specs[i].load(self.media)
+
+    def __repr__(self) -> str:
+        return f"TrainSet({self.name!r}, n={len(self)}, skipped={self.skipped.as_dict()})"
+
+
+class ConcatTrainSets(Sequence[TrainPair]):
+    """Several :class:`TrainSet` behind one index space, in the order :class:`MixtureSampler` uses."""
+
+    def __init__(self, sets: Sequence[TrainSet]) -> None:
+        self.sets = list(sets)
+        names = [s.name for s in self.sets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate training set names: {names}")
+        self.offsets = np.cumsum([0] + [len(s) for s in self.sets])
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {s.name: len(s) for s in self.sets}
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int) -> TrainPair:  # type: ignore[override]
+        d = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        if not 0 <= d < len(self.sets):
+            raise IndexError(i)
+        return self.sets[d][i - int(self.offsets[d])]
+
+    def sampler(self, batch_size: int, *, weights: Mapping[str, float] | None = None, seed: int = 0,
+                num_batches: int | None = None) -> MixtureSampler:
+        return MixtureSampler(self.sizes, batch_size, weights=weights, seed=seed, num_batches=num_batches)
+
+
+@dataclass
+class EvalLocal:
+    """Rows ranked over their own candidates (MMEB image/video eval); candidate 0 of each row is the positive."""
+
+    dataset: str
+    queries: LazySamples
+    candidates: list[LazySamples]
+    rows: list[int]
+    skipped: SkipLog
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def dedup_candidates(self) -> tuple[LazySamples, list[np.ndarray]]:
+        """Distinct candidates (same instruction, text and media) and, per row, indices into them, so a
+        1000-label classification set encodes 1000 candidates instead of 1000 x 1000."""
+        index: dict[tuple, int] = {}
+        unique: list[SampleSpec] = []
+        first_row: list[int] = []
+        per_row: list[np.ndarray] = []
+        for row, cands in zip(self.rows, self.candidates, strict=True):
+            ids = np.empty(len(cands), dtype=np.int64)
+            for j, spec in enumerate(cands.specs):
+                k = spec.key()
+                if k not in index:
+                    index[k] = len(unique)
+                    unique.append(spec)
+                    first_row.append(row)
+                ids[j] = index[k]
+            per_row.append(ids)
+        return LazySamples(unique, self.queries.media, self.dataset, first_row), per_row
+
+
+@dataclass
+class EvalGlobal:
+    """Queries ranked over one shared corpus (ViDoRe/BEIR); ``qrels[query_id][corpus_id] = graded score``."""
+
+    dataset: str
+    queries: LazySamples
+    query_ids: list[str]
+    corpus: LazySamples
+    corpus_ids: list[str]
+    qrels: dict[str, dict[str, float]]
+    skipped: SkipLog
+    n_filtered: int = 0
+    """Queries left out on purpose (``language=`` filter), not errors."""
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def qrels_indices(self) -> list[dict[int, float]]:
+        """Per query (in ``queries`` order) a map corpus column -> relevance, the form metrics expect."""
+        col = {c: i for i, c in enumerate(self.corpus_ids)}
+        return [{col[c]: s for c, s in self.qrels[q].items() if c in col} for q in self.query_ids]
+
+
+# ---------------------------------------------------------------- tables
+
+
+def _table_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted((p for p in path.iterdir() if p.suffix.lower() in TABLE_EXTENSIONS), key=lambda p: p.name)
+        if not files:
+            raise FileNotFoundError(f"{path}: no .jsonl/.parquet/.tsv files in folder")
+        return files
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: table not found")
+    return [path]
+
+
+def iter_table(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Rows of a JSONL / JSON-list / Parquet / TSV / CSV file, or of every such file in a folder (shards,
+    in name order). The format is picked by extension."""
+    for f in _table_files(Path(path)):
+        ext = f.suffix.lower()
+        if ext == ".parquet":
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
+                yield from batch.to_pylist()
+        elif ext in (".tsv", ".csv"):
+            with open(f, newline="", encoding="utf-8") as fh:
+                yield from csv.DictReader(fh, delimiter="\t" if ext == ".tsv" else ",")
+        elif ext == ".json":
+            data = json.loads(f.read_text(encoding="utf-8"))
+            if not isinstance(data, list):
+                raise ValueError(f"{f}: a .json table must hold a list of row objects")
+            yield from data
+        else:
+            with open(f, encoding="utf-8") as fh:
+                for lineno, line in enumerate(fh, 1):
+                    if line.strip():
+                        try:
+                            yield json.loads(line)
+                        except json.JSONDecodeError as e:
+                            raise ValueError(f"{f}: line {lineno}: invalid JSON ({e})") from e
+
+
+def read_table(path: str | Path) -> list[dict[str, Any]]:
+    return list(iter_table(path))
+
+
+def _find_table(folder: Path, name: str) -> Path:
+    """``folder/name.{jsonl,parquet,...}`` or a shard folder ``folder/name/``."""
+    for ext in TABLE_EXTENSIONS:
+        if (folder / f"{name}{ext}").is_file():
+            return folder / f"{name}{ext}"
+    if (folder / name).is_dir():
+        return folder / name
+    raise FileNotFoundError(f"{folder}: no '{name}' table ({'/'.join(TABLE_EXTENSIONS)} file or folder)")
+
+
+def _media(media: MediaConfig | None, root: str | Path | None, default_root: Path) -> MediaConfig:
+    if media is None:
+        return MediaConfig(root=root if root is not None else default_root)
+    if root is not None:
+        return MediaConfig(root=root, max_pixels=media.max_pixels, num_frames=media.num_frames,
+                           pdf_scale=media.pdf_scale)
+    return media
+
+
+def _dataset_name(path: Path, dataset: str | None) -> str:
+    if dataset:
+        return dataset
+    return path.name if path.is_dir() else path.stem
+
+
+def _handle(err: DataError, on_error: OnError, log: SkipLog) -> None:
+    if on_error == "raise":
+        raise err
+    if on_error != "skip":
+        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    log.add(err)
+
+
+def _progress(it: Iterable, desc: str, progress: bool | None) -> Iterable:
+    return tqdm(it, desc=desc, unit="row", disable=None if progress is None else not progress, leave=False)
+
+
+# ---------------------------------------------------------------- generic sides
+
+
+def side_from_json(x: Any, *, id: str = "") -> SampleSpec:
+    """A generic-format side: a plain string (text only) or an object with ``text``, ``instruction``,
+    ``images`` / ``image``, ``video``, ``pdf`` + ``page``, ``id``, ``target``."""
+    if x is None:
+        return SampleSpec()
+    if isinstance(x, str):
+        return make_spec(text=x, id=id)
+    if not isinstance(x, dict):
+        raise TypeError(f"a side must be a string or an object, got {type(x).__name__}")
+    images = _image_list(x.get("images")) + _image_list(x.get("image"))
+    if x.get("pdf"):
+        pages = x.get("page", 0)
+        for p in pages if isinstance(pages, list) else [pages]:
+            images.append(PdfPage(str(x["pdf"]), int(p)))
+    return make_spec(text=x.get("text"), instruction=x.get("instruction"), images=images, video=x.get("video"),
+                     id=_str(x.get("id") or id), target=x.get("target"))
+
+
+# ---------------------------------------------------------------- training
+
+
+def _train_row(row: dict[str, Any], idx: int) -> tuple[SampleSpec, SampleSpec, SampleSpec | None]:
+    if "qry" in row:  # MMEB-train
+        def side(t: str, p: str) -> SampleSpec:
+            return make_spec(text=row.get(t), images=_image_list(row.get(f"{p}_image_path")),
+                             video=row.get(f"{p}_video_path"))
+
+        q, pos = side("qry", "qry"), side("pos_text", "pos")
+        neg = side("neg_text", "neg") if (row.get("neg_text") or row.get("neg_image_path")) else None
+        return q, pos, neg
+    if "query" in row and "positive" in row:  # generic
+        neg = side_from_json(row["negative"]) if row.get("negative") else None
+        return side_from_json(row["query"], id=_str(row.get("id"))), side_from_json(row["positive"]), neg
+    raise KeyError(f"row {idx}: neither MMEB-train columns (qry, pos_text, ...) nor generic (query, positive)")
+
+
+def _with_targets(q: SampleSpec, p: SampleSpec, ntp_side: NtpSide) -> tuple[SampleSpec, SampleSpec]:
+    """Attach generative targets: the query's BToks generate the positive's text (``positive``), the
+    candidate's BToks the query's text (``query``). Explicit targets in the data win."""
+    if ntp_side in ("positive", "both") and q.target is None and plain_text(p.text):
+        q = replace(q, target=plain_text(p.text))
+    if ntp_side in ("query", "both") and p.target is None and plain_text(q.text):
+        p = replace(p, target=plain_text(q.text))
+    if ntp_side not in ("positive", "query", "both", "none"):
+        raise ValueError(f"ntp_side must be positive|query|both|none, not {ntp_side!r}")
+    return q, p
+
+
+def read_train(
+    path: str | Path,
+    *,
+    dataset: str | None = None,
+    root: str | Path | None = None,
+    media: MediaConfig | None = None,
+    ntp_side: NtpSide = "none",
+    on_error: OnError = "raise",
+    check: CheckLevel = "header",
+    limit: int | None = None,
+    progress: bool | None = None,
+) -> TrainSet:
+    """Read MMEB-train rows (``qry``, ``qry_image_path``, ``pos_text``, ``pos_image_path``, ``neg_text``,
+    ``neg_image_path``) or generic ``{"query", "positive", "negative"}`` rows into a :class:`TrainSet`.
+
+    Media paths are relative to ``root`` (default: the table's folder). ``ntp_side`` fills ``Sample.target``
+    from the other side's text (markers removed) for the generative loss.
+    """
+    path = Path(path)
+    name = _dataset_name(path, dataset)
+    media = _media(media, root, path if path.is_dir() else path.parent)
+    log, interner = SkipLog(name), _Interner(media, check)
+    specs: list[TrainPairSpec] = []
+    for idx, row in enumerate(_progress(iter_table(path), f"read {name}", progress)):
+        if limit is not None and len(specs) >= limit:
+            break
+        try:
+            try:
+                q, p, n = _train_row(row, idx)
+            except (KeyError, TypeError, ValueError) as e:
+                raise DataError(name, idx, f"malformed row ({e})", file=str(path)) from e
+            q, p = _with_targets(q, p, ntp_side)
+            for s in (q, p) if n is None else (q, p, n):
+                interner.validate(s, name, idx)
+            specs.append(TrainPairSpec(interner(q), interner(p), interner(n) if n else None, name, idx))
+        except DataError as e:
+            _handle(e, on_error, log)
+    return TrainSet(name, specs, media, log)
+
+
+# ---------------------------------------------------------------- eval: local
+
+
+def _as_list(x: Any, n: int, what: str) -> list[Any]:
+    if x is None:
+        return [None] * n
+    if isinstance(x, str):
+        return [x] * n
+    out = list(x)
+    if len(out) != n:
+        raise ValueError(f"{what} has {len(out)} entries but tgt_text has {n}")
+    return out
+
+
+def _pick_instruction(row_inst: Any, text: Any, given: str | None, override: bool) -> str:
+    """Row instruction vs. the one given (registry/manifest): ``override`` forces the given one; otherwise it
+    only fills rows without an instruction, and not when the row text already starts with it (MMEB-V1
+    style rows carry the instruction inline in ``qry_text``)."""
+    row_inst = _str(row_inst)
+    if given is None or (row_inst and not override):
+        return row_inst
+    if override:
+        return given
+    head = given.strip().rstrip(":.").lower()
+    return "" if head and plain_text(_str(text)).lower().startswith(head) else given
+
+
+def _eval_row(row: dict[str, Any], q_inst: str | None, t_inst: str | None,
+              override: bool) -> tuple[SampleSpec, list[SampleSpec]]:
+    if "qry_text" in row or "qry_inst" in row:  # MMEB-V2 image / video eval
+        q = make_spec(
+            text=row.get("qry_text"),
+            instruction=_pick_instruction(row.get("qry_inst"), row.get("qry_text"), q_inst, override),
+            images=_image_list(row.get("qry_img_path")),
+            video=row.get("qry_video_path"),
+        )
+        texts = row.get("tgt_text")
+        if isinstance(texts, str) or texts is None:
+            raise ValueError("tgt_text must be a list of candidate texts")
+        texts = list(texts)
+        n = len(texts)
+        insts = _as_list(row.get("tgt_inst"), n, "tgt_inst")
+        imgs = _as_list(row.get("tgt_img_path"), n, "tgt_img_path")
+        vids = _as_list(row.get("tgt_video_path"), n, "tgt_video_path")
+        cands = [make_spec(text=t, instruction=_pick_instruction(i, t, t_inst, override), images=_image_list(im),
+                           video=v)
+                 for t, i, im, v in zip(texts, insts, imgs, vids, strict=True)]
+        return q, cands
+    if "query" in row and "candidates" in row:  # generic
+        q = side_from_json(row["query"], id=_str(row.get("id")))
+        cands = [side_from_json(c) for c in row["candidates"]]
+        q = replace(q, instruction=_pick_instruction(q.instruction, q.text, q_inst, override))
+        cands = [replace(c, instruction=_pick_instruction(c.instruction, c.text, t_inst, override)) for c in cands]
+        return q, cands
+    raise KeyError("neither MMEB eval columns (qry_text, tgt_text, ...) nor generic (query, candidates)")
+
+
+def read_eval_local(
+    path: str | Path,
+    *,
+    dataset: str | None = None,
+    root: str | Path | None = None,
+    media: MediaConfig | None = None,
+    query_instruction: str | None = None,
+    target_instruction: str | None = None,
+    override_instructions: bool = False,
+    on_error: OnError = "raise",
+    check: CheckLevel = "header",
+    limit: int | None = None,
+    progress: bool | None = None,
+) -> EvalLocal:
+    """Read MMEB-V2 image/video eval rows (``qry_inst``, ``qry_text``, ``qry_img_path``, ``qry_video_path``,
+    ``tgt_inst``, ``tgt_text``, ``tgt_img_path``, ``tgt_video_path``) or generic ``{"query", "candidates"}``.
+
+    ``query_instruction`` / ``target_instruction`` fill rows that carry none (``override_instructions``
+    replaces the rows' own instead). A row whose query or any candidate
+    is unusable is raised or skipped whole: ranking it over a partial candidate list would inflate hit@1.
+    """
+    path = Path(path)
+    name = _dataset_name(path, dataset)
+    media = _media(media, root, path if path.is_dir() else path.parent)
+    log, interner = SkipLog(name), _Interner(media, check)
+    queries: list[SampleSpec] = []
+    cands: list[list[SampleSpec]] = []
+    rows: list[int] = []
+    for idx, row in enumerate(_progress(iter_table(path), f"read {name}", progress)):
+        if limit is not None and len(queries) >= limit:
+            break
+        try:
+            try:
+                q, cs = _eval_row(row, query_instruction, target_instruction, override_instructions)
+            except (KeyError, TypeError, ValueError) as e:
+                raise DataError(name, idx, f"malformed row ({e})", file=str(path)) from e
+            if not cs:
+                raise DataError(name, idx, "row has no candidates", file=str(path))
+            for s in (q, *cs):
+                interner.validate(s, name, idx)
+            queries.append(interner(q))
+            cands.append([interner(c) for c in cs])
+            rows.append(idx)
+        except DataError as e:
+            _handle(e, on_error, log)
+    return EvalLocal(
+        dataset=name,
+        queries=LazySamples(queries, media, name, rows),
+        candidates=[LazySamples(c, media, name, r) for c, r in zip(cands, rows, strict=True)],
+        rows=rows,
+        skipped=log,
+    )
+
+
+# ---------------------------------------------------------------- eval: global (visual documents)
+
+
+def _corpus_spec(row: dict[str, Any], instruction: str) -> SampleSpec:
+    img = row.get("image")
+    if img is None and row.get("pdf"):
+        ref: ImageRef | None = PdfPage(str(row["pdf"]), int(row.get("page") or 0))
+    elif img is None and row.get("image_path"):
+        ref = str(row["image_path"])
+    else:
+        ref = _image_ref(img)
+    if ref is None:
+        raise ValueError("corpus row has no 'image' (bytes, {'bytes'}, path) or 'pdf' + 'page'")
+    return make_spec(text=row.get("text"), instruction=instruction, images=[ref],
+                     id=_str(row.get("corpus-id")))
+
+
+def read_visdoc(
+    folder: str | Path,
+    *,
+    dataset: str | None = None,
+    root: str | Path | None = None,
+    media: MediaConfig | None = None,
+    query_instruction: str = "",
+    target_instruction: str = "",
+    language: str | None = None,
+    on_error: OnError = "raise",
+    check: CheckLevel = "header",
+    limit: int | None = None,
+    progress: bool | None = None,
+) -> EvalGlobal:
+    """Read a ViDoRe/BEIR folder with ``queries``, ``corpus`` and ``qrels`` tables.
+
+    Corpus pages are PNG bytes, ``{"bytes": ...}`` structs, paths, or ``pdf`` + ``page`` (rendered with
+    pypdfium2). Unusable corpus pages are raised or skipped (counted); queries left with no relevant page
+    are then dropped and counted as ``no_qrels`` in either mode, since they cannot be scored.
+    ``language`` keeps only queries of that language (ViDoRe v2 multilingual splits).
+    """
+    folder = Path(folder)
+    name = _dataset_name(folder, dataset)
+    media = _media(media, root, folder)
+    log, interner = SkipLog(name), _Interner(media, check)
+
+    qrels: dict[str, dict[str, float]] = {}
+    for idx, row in enumerate(iter_table(_find_table(folder, "qrels"))):
+        try:
+            qid, cid = _str(row["query-id"]), _str(row["corpus-id"])
+            score = float(row.get("score", 1) if row.get("score", 1) not in ("", None) else 1)
+        except (KeyError, TypeError, ValueError) as e:
+            _handle(DataError(name, f"qrels {idx}", f"malformed qrels row ({e})", file=str(folder)), on_error, log)
+            continue
+        if score > 0:  # BEIR: 0 / negative grades are judged non-relevant
+            qrels.setdefault(qid, {})[cid] = score
+
+    corpus_specs: list[SampleSpec] = []
+    corpus_ids: list[str] = []
+    corpus_rows: list[int] = []
+    seen: set[str] = set()
+    for idx, row in enumerate(_progress(iter_table(_find_table(folder, "corpus")), f"read {name} corpus",
+                                        progress)):
+        try:
+            try:
+                cid = _str(row["corpus-id"])
+                spec = _corpus_spec(row, target_instruction)
+            except (KeyError, TypeError, ValueError) as e:
+                raise DataError(name, f"corpus {idx}", f"malformed corpus row ({e})", file=str(folder)) from e
+            if cid in seen:
+                raise DataError(name, f"corpus {idx}", f"duplicate corpus-id {cid!r}", file=str(folder))
+            interner.validate(spec, name, f"corpus {idx}")
+            seen.add(cid)
+            corpus_specs.append(spec)
+            corpus_ids.append(cid)
+            corpus_rows.append(idx)
+        except DataError as e:
+            _handle(e, on_error, log)
+
+    known = set(corpus_ids)
+    q_specs: list[SampleSpec] = []
+    q_ids: list[str] = []
+    q_rows: list[int] = []
+    n_filtered = 0
+    for idx, row in enumerate(iter_table(_find_table(folder, "queries"))):
+        if limit is not None and len(q_specs) >= limit:
+            break
+        if language is not None and row.get("language") != language:
+            n_filtered += 1
+            continue
+        try:
+            try:
+                qid = _str(row["query-id"])
+                spec = make_spec(text=row.get("query"), instruction=query_instruction, id=qid)
+            except (KeyError, TypeError, ValueError) as e:
+                raise DataError(name, f"query {idx}", f"malformed query row ({e})", file=str(folder)) from e
+            interner.validate(spec, name, f"query {idx}")
+        except DataError as e:
+            _handle(e, on_error, log)
+            continue
+        rel = {c: s for c, s in qrels.get(qid, {}).items() if c in known}
+        if not rel:
+            log.add(DataError(name, f"query {idx}", f"query {qid!r} has no relevant page in the corpus",
+                              file=str(folder), reason=NO_QRELS))
+            continue
+        q_specs.append(spec)
+        q_ids.append(qid)
+        q_rows.append(idx)
+    return EvalGlobal(
+        dataset=name,
+        queries=LazySamples(q_specs, media, name, q_rows),
+        query_ids=q_ids,
+        corpus=LazySamples(corpus_specs, media, name, corpus_rows),
+        corpus_ids=corpus_ids,
+        qrels={q: {c: s for c, s in qrels[q].items() if c in known} for q in q_ids},
+        skipped=log,
+        n_filtered=n_filtered,
+    )
+
+
+def read_eval(spec: Any, data_root: str | Path, **kwargs: Any) -> EvalLocal | EvalGlobal:
+    """Read the evaluation data of a registry ``DatasetSpec`` (anything with ``name``, ``format``, ``path``,
+    ``query_instruction``, ``target_instruction``): ``path`` is relative to ``data_root`` (default: the
+    dataset name) and is also the media root unless ``root=`` is given."""
+    base = Path(data_root) / (getattr(spec, "path", None) or spec.name)
+    fmt = getattr(spec, "format", "local")
+    if fmt == "visdoc":
+        return read_visdoc(base, dataset=spec.name, query_instruction=spec.query_instruction,
+                           target_instruction=spec.target_instruction, **kwargs)
+    if fmt != "local":
+        raise ValueError(f"{spec.name}: unknown format {fmt!r} (expected 'local' or 'visdoc')")
+    table = base
+    if base.is_dir():
+        try:
+            table = _find_table(base, "test")
+        except FileNotFoundError:
+            table = base
+    kwargs.setdefault("root", base if base.is_dir() else base.parent)
+    return read_eval_local(table, dataset=spec.name, query_instruction=spec.query_instruction or None,
+                           target_instruction=spec.target_instruction or None, **kwargs)
