@@ -196,7 +196,7 @@ class BToksModel(nn.Module):
         if targets is None or self.config.num_btoks == 0:
             out = self.backbone.forward(inputs.input_ids, inputs.attention_mask, inputs.position_ids, inputs.media)
             return EncodeOutput(self.pool(out.last_hidden_state, inputs.attention_mask))
-        if self.config.gic_impl == "mask" or (self.training and getattr(self.model, "is_gradient_checkpointing", False)):
+        if self.config.gic_impl == "mask" or (self.training and getattr(self.model, "is_activation_checkpointing", False)):
             return self._forward_explicit(inputs, targets)
         return self._forward_cached(inputs, targets)
 

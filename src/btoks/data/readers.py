@@ -440,12 +440,10 @@ def _find_table(folder: Path, name: str) -> Path:
 
 
 def _media(media: MediaConfig | None, root: str | Path | None, default_root: Path) -> MediaConfig:
-    if media is None:
-        return MediaConfig(root=root if root is not None else default_root)
-    if root is not None:
-        return MediaConfig(root=root, max_pixels=media.max_pixels, num_frames=media.num_frames,
-                           pdf_scale=media.pdf_scale)
-    return media
+    """``root`` argument > ``media.root`` > the table's folder."""
+    media = media or MediaConfig()
+    root = root if root is not None else (media.root if media.root is not None else default_root)
+    return replace(media, root=root)
 
 
 def _dataset_name(path: Path, dataset: str | None) -> str:

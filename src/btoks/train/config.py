@@ -95,6 +95,25 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+FIELD_HELP = {
+    "model": "backbone: hub name or path (Qwen2/2.5/3-VL, any causal LM), btoks-mini, or tiny:<family>",
+    "output_dir": "checkpoints/, log.jsonl and the final model/",
+    "btoks.*": "method settings: num_btoks, pooling (btoks|last|mean), temperature, gen_weight (λ), gen_steps, "
+               "kv_mode (compressed|full), gic_impl (cache|mask), max_length, target_max_length",
+    "data": "list of {name, path, weight, ntp_side (positive|query|both|none)} MMEB-train sets under data_root",
+    "examples": "built-in example sets instead of data (shapes,text)",
+    "lora / lora_r / lora_alpha / lora_dropout / dora": "LoRA(+DoRA) on the LLM projections; false = full FT",
+    "lr / weight_decay / warmup_steps / max_steps": "AdamW with linear warmup and decay",
+    "batch_size": "pairs per process per step (negatives are gathered across processes)",
+    "grad_cache_chunk": "GradCache chunk size (null: no GradCache)",
+    "max_grad_norm": "gradient clipping",
+    "gradient_checkpointing": "recompute activations (uses the explicit-mask GIC path)",
+    "hard_negatives": "add each row's neg_text/neg_image as an extra candidate",
+    "seed / dtype / attn_implementation": "reproducibility, float32|bfloat16|float16, sdpa|eager",
+    "log_every / save_every / keep_checkpoints / resume": "logging and atomic checkpoints; resume is exact",
+}
+
+
 def apply_override(values: dict[str, Any], item: str) -> None:
     """``a.b=value`` sets nested key ``b`` of ``a``; the value is parsed as YAML (numbers, null, lists)."""
     if "=" not in item:

@@ -1,0 +1,58 @@
+"""The ``btoks`` command. Subcommands live next to the code they drive; this file only mounts them."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable
+
+# (name, module, add_args function, run function, one-line help) — modules are imported lazily so `--help` is fast
+# and a missing optional dependency only breaks its own subcommand.
+COMMANDS: list[tuple[str, str, str, str, str]] = [
+    ("train", "btoks.train.cli", "add_train_args", "run_train",
+     "train a BToks embedder from a YAML preset (InfoNCE + Generative Information Condensation)"),
+]
+
+
+def _optional(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="btoks",
+        description="Bottleneck Tokens: train, evaluate and serve embedding models built from decoder LLMs. "
+                    "Run `btoks COMMAND --help` for the options of a command.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module, add, run, help_ in COMMANDS:
+        if not _optional(module):
+            continue
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=help_, description=help_,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        getattr(mod, add)(p)
+        p.set_defaults(_run=getattr(mod, run))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    run: Callable[[argparse.Namespace], int | None] = args._run
+    try:
+        return int(run(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"btoks {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
