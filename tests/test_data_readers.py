@@ -129,18 +129,18 @@ def test_load_image_variants(tmp_path: Path) -> None:
 
 
 def test_image_errors_name_the_file(tmp_path: Path) -> None:
-    with pytest.raises(MediaError, match="nope.png") as e:
+    with pytest.raises(MediaError, match=r"nope.png") as e:
         load_image("nope.png", tmp_path)
     assert e.value.reason == MISSING
     (tmp_path / "bad.png").write_bytes(b"not an image at all")
-    with pytest.raises(MediaError, match="bad.png") as e:
+    with pytest.raises(MediaError, match=r"bad.png") as e:
         load_image("bad.png", tmp_path)
     assert e.value.reason == CORRUPT_IMAGE
     # valid header, truncated data: passes the header check, fails on decode
     good = png(tmp_path / "big.png", (1, 2, 3), size=(64, 64)).read_bytes()
     (tmp_path / "trunc.png").write_bytes(good[: len(good) // 2])
     MediaConfig(root=tmp_path).check_image("trunc.png", "header")
-    with pytest.raises(MediaError, match="trunc.png") as e:
+    with pytest.raises(MediaError, match=r"trunc.png") as e:
         MediaConfig(root=tmp_path).check_image("trunc.png", "full")
     assert e.value.reason == CORRUPT_IMAGE
 
@@ -195,7 +195,7 @@ def test_video_file_pyav(tmp_path: Path) -> None:
 
 def test_video_errors(tmp_path: Path) -> None:
     (tmp_path / "junk.mp4").write_bytes(b"\x00" * 200)
-    with pytest.raises(MediaError, match="junk.mp4") as e:
+    with pytest.raises(MediaError, match=r"junk.mp4") as e:
         load_video("junk.mp4", tmp_path)
     assert e.value.reason == UNREADABLE_VIDEO
     (tmp_path / "empty").mkdir()
@@ -215,10 +215,10 @@ def test_pdf_render_and_errors(tmp_path: Path) -> None:
     assert load_image(PdfPage("doc.pdf", 0), tmp_path).size == (100, 200)
     with pytest.raises(MediaError, match="page 5 out of range"):
         render_pdf_page("doc.pdf", 5, tmp_path)
-    with pytest.raises(MediaError, match="doc.pdf page 0.*exceeds"):
+    with pytest.raises(MediaError, match=r"doc.pdf page 0.*exceeds"):
         render_pdf_page("doc.pdf", 0, tmp_path, max_pixels=1000)
     (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")
-    with pytest.raises(MediaError, match="broken.pdf") as e:
+    with pytest.raises(MediaError, match=r"broken.pdf") as e:
         render_pdf("broken.pdf", tmp_path)
     assert e.value.reason == BROKEN_PDF
 

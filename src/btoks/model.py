@@ -150,19 +150,23 @@ class BToksModel(nn.Module):
         prefix = self.backbone.text_ids(self.target_prefix)
         suffix = self.backbone.text_ids(self.target_suffix)
         rows, seqs, labels = [], [], []
+        room = self.config.target_max_length - len(prefix) - len(suffix)
+        if room < 1:
+            raise ValueError(f"target_max_length={self.config.target_max_length} leaves no room for text after the "
+                             f"{len(prefix) + len(suffix)} wrapping tokens")
         for i, text in enumerate(targets):
             if text is None:
                 continue
             if not text.strip():
                 raise ValueError(f"empty target text for sample {ids[i] if ids else i!r}")
-            body = self.backbone.text_ids(text) + suffix
-            limit = self.config.target_max_length - len(prefix)
-            if len(body) > limit:
+            body = self.backbone.text_ids(text)
+            if len(body) > room:
                 if not self.config.truncate_targets:
                     raise ValueError(
-                        f"target of sample {ids[i] if ids else i!r} has {len(body) + len(prefix)} tokens > "
-                        f"target_max_length={self.config.target_max_length} (set truncate_targets to cut it)")
-                body = body[: limit - len(suffix)] + suffix
+                        f"target of sample {ids[i] if ids else i!r} has {len(body) + len(prefix) + len(suffix)} "
+                        f"tokens > target_max_length={self.config.target_max_length} (set truncate_targets to cut)")
+                body = body[:room]
+            body = body + suffix
             rows.append(i)
             seqs.append(prefix + body)
             labels.append([-100] * len(prefix) + body)

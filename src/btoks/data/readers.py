@@ -188,29 +188,46 @@ def _image_list(x: Any) -> list[ImageRef]:
 
 
 class _Interner:
-    """Share identical specs (and remember validation outcomes) across rows."""
+    """Share identical specs across rows and remember validation outcomes, so a label list repeated on every
+    row of a classification set is parsed, stored and checked once."""
 
     def __init__(self, media: MediaConfig, check: CheckLevel) -> None:
         self.media, self.check = media, check
         self._specs: dict[tuple, SampleSpec] = {}
-        self._errors: dict[tuple, MediaError | None] = {}
+        self._raw: dict[Any, SampleSpec] = {}
+        self._errors: dict[int, MediaError | bool | None] = {}  # by id() of interned specs (kept alive)
 
     def __call__(self, spec: SampleSpec) -> SampleSpec:
         key = (*spec.key(), spec.id, spec.target)
         return self._specs.setdefault(key, spec)
 
+    def build(self, raw: Any, make: Any) -> SampleSpec:
+        """``make()`` once per distinct raw cell tuple (unhashable cells are built every time)."""
+        try:
+            hit = self._raw.get(raw)
+        except TypeError:
+            return self(make())
+        if hit is None:
+            hit = self._raw[raw] = self(make())
+        return hit
+
     def validate(self, spec: SampleSpec, dataset: str, row: int | str) -> None:
-        if spec.is_empty:
+        """Check an *interned* spec (the cache is keyed by object identity, safe because ``self`` keeps every
+        interned spec alive)."""
+        sid = id(spec)
+        if sid not in self._errors:
+            if spec.is_empty:
+                self._errors[sid] = True
+            else:
+                try:
+                    spec.check(self.media, self.check)
+                    self._errors[sid] = None
+                except MediaError as e:
+                    self._errors[sid] = e
+        err = self._errors[sid]
+        if err is True:
             raise DataError(dataset, row, "empty sample: no text and no media", reason=EMPTY)
-        key = spec.key()
-        if key not in self._errors:
-            try:
-                spec.check(self.media, self.check)
-                self._errors[key] = None
-            except MediaError as e:
-                self._errors[key] = e
-        err = self._errors[key]
-        if err is not None:
+        if isinstance(err, MediaError):
             raise DataError.from_media(dataset, row, err)
 
 
@@ -344,18 +361,22 @@ class EvalLocal:
         """Distinct candidates (same instruction, text and media) and, per row, indices into them, so a
         1000-label classification set encodes 1000 candidates instead of 1000 x 1000."""
         index: dict[tuple, int] = {}
+        by_obj: dict[int, int] = {}  # readers intern specs, so identity is a fast path to the key lookup
         unique: list[SampleSpec] = []
         first_row: list[int] = []
         per_row: list[np.ndarray] = []
         for row, cands in zip(self.rows, self.candidates, strict=True):
             ids = np.empty(len(cands), dtype=np.int64)
             for j, spec in enumerate(cands.specs):
-                k = spec.key()
-                if k not in index:
-                    index[k] = len(unique)
-                    unique.append(spec)
-                    first_row.append(row)
-                ids[j] = index[k]
+                u = by_obj.get(id(spec))
+                if u is None:
+                    k = spec.key()
+                    if k not in index:
+                        index[k] = len(unique)
+                        unique.append(spec)
+                        first_row.append(row)
+                    u = by_obj[id(spec)] = index[k]
+                ids[j] = u
             per_row.append(ids)
         return LazySamples(unique, self.queries.media, self.dataset, first_row), per_row
 
@@ -510,8 +531,6 @@ def _with_targets(q: SampleSpec, p: SampleSpec, ntp_side: NtpSide) -> tuple[Samp
         q = replace(q, target=plain_text(p.text))
     if ntp_side in ("query", "both") and p.target is None and plain_text(q.text):
         p = replace(p, target=plain_text(q.text))
-    if ntp_side not in ("positive", "query", "both", "none"):
-        raise ValueError(f"ntp_side must be positive|query|both|none, not {ntp_side!r}")
     return q, p
 
 
@@ -533,6 +552,8 @@ def read_train(
     Media paths are relative to ``root`` (default: the table's folder). ``ntp_side`` fills ``Sample.target``
     from the other side's text (markers removed) for the generative loss.
     """
+    if ntp_side not in ("positive", "query", "both", "none"):
+        raise ValueError(f"ntp_side must be positive|query|both|none, not {ntp_side!r}")
     path = Path(path)
     name = _dataset_name(path, dataset)
     media = _media(media, root, path if path.is_dir() else path.parent)
@@ -547,9 +568,10 @@ def read_train(
             except (KeyError, TypeError, ValueError) as e:
                 raise DataError(name, idx, f"malformed row ({e})", file=str(path)) from e
             q, p = _with_targets(q, p, ntp_side)
+            q, p, n = interner(q), interner(p), (interner(n) if n else None)
             for s in (q, p) if n is None else (q, p, n):
                 interner.validate(s, name, idx)
-            specs.append(TrainPairSpec(interner(q), interner(p), interner(n) if n else None, name, idx))
+            specs.append(TrainPairSpec(q, p, n, name, idx))
         except DataError as e:
             _handle(e, on_error, log)
     return TrainSet(name, specs, media, log)
@@ -582,15 +604,16 @@ def _pick_instruction(row_inst: Any, text: Any, given: str | None, override: boo
     return "" if head and plain_text(_str(text)).lower().startswith(head) else given
 
 
-def _eval_row(row: dict[str, Any], q_inst: str | None, t_inst: str | None,
-              override: bool) -> tuple[SampleSpec, list[SampleSpec]]:
+def _eval_row(row: dict[str, Any], q_inst: str | None, t_inst: str | None, override: bool,
+              interner: _Interner) -> tuple[SampleSpec, list[SampleSpec]]:
+    """Query and candidate specs of one eval row, interned (candidates are built once per distinct cell)."""
     if "qry_text" in row or "qry_inst" in row:  # MMEB-V2 image / video eval
-        q = make_spec(
+        q = interner(make_spec(
             text=row.get("qry_text"),
             instruction=_pick_instruction(row.get("qry_inst"), row.get("qry_text"), q_inst, override),
             images=_image_list(row.get("qry_img_path")),
             video=row.get("qry_video_path"),
-        )
+        ))
         texts = row.get("tgt_text")
         if isinstance(texts, str) or texts is None:
             raise ValueError("tgt_text must be a list of candidate texts")
@@ -599,16 +622,24 @@ def _eval_row(row: dict[str, Any], q_inst: str | None, t_inst: str | None,
         insts = _as_list(row.get("tgt_inst"), n, "tgt_inst")
         imgs = _as_list(row.get("tgt_img_path"), n, "tgt_img_path")
         vids = _as_list(row.get("tgt_video_path"), n, "tgt_video_path")
-        cands = [make_spec(text=t, instruction=_pick_instruction(i, t, t_inst, override), images=_image_list(im),
-                           video=v)
-                 for t, i, im, v in zip(texts, insts, imgs, vids, strict=True)]
-        return q, cands
+
+        def cand(t: Any, i: Any, im: Any, v: Any) -> SampleSpec:
+            raw = (t, i, tuple(im) if isinstance(im, list) else im, v)
+            return interner.build(raw, lambda: make_spec(
+                text=t, instruction=_pick_instruction(i, t, t_inst, override), images=_image_list(im), video=v))
+
+        return q, [cand(*c) for c in zip(texts, insts, imgs, vids, strict=True)]
     if "query" in row and "candidates" in row:  # generic
         q = side_from_json(row["query"], id=_str(row.get("id")))
-        cands = [side_from_json(c) for c in row["candidates"]]
-        q = replace(q, instruction=_pick_instruction(q.instruction, q.text, q_inst, override))
-        cands = [replace(c, instruction=_pick_instruction(c.instruction, c.text, t_inst, override)) for c in cands]
-        return q, cands
+        q = interner(replace(q, instruction=_pick_instruction(q.instruction, q.text, q_inst, override)))
+
+        def gcand(c: Any) -> SampleSpec:
+            def make() -> SampleSpec:
+                s = side_from_json(c)
+                return replace(s, instruction=_pick_instruction(s.instruction, s.text, t_inst, override))
+            return interner.build(("generic", c), make) if isinstance(c, str) else interner(make())
+
+        return q, [gcand(c) for c in row["candidates"]]
     raise KeyError("neither MMEB eval columns (qry_text, tgt_text, ...) nor generic (query, candidates)")
 
 
@@ -645,15 +676,15 @@ def read_eval_local(
             break
         try:
             try:
-                q, cs = _eval_row(row, query_instruction, target_instruction, override_instructions)
+                q, cs = _eval_row(row, query_instruction, target_instruction, override_instructions, interner)
             except (KeyError, TypeError, ValueError) as e:
                 raise DataError(name, idx, f"malformed row ({e})", file=str(path)) from e
             if not cs:
                 raise DataError(name, idx, "row has no candidates", file=str(path))
             for s in (q, *cs):
                 interner.validate(s, name, idx)
-            queries.append(interner(q))
-            cands.append([interner(c) for c in cs])
+            queries.append(q)
+            cands.append(cs)
             rows.append(idx)
         except DataError as e:
             _handle(e, on_error, log)
@@ -734,6 +765,7 @@ def read_visdoc(
                 raise DataError(name, f"corpus {idx}", f"malformed corpus row ({e})", file=str(folder)) from e
             if cid in seen:
                 raise DataError(name, f"corpus {idx}", f"duplicate corpus-id {cid!r}", file=str(folder))
+            spec = interner(spec)
             interner.validate(spec, name, f"corpus {idx}")
             seen.add(cid)
             corpus_specs.append(spec)
@@ -759,6 +791,7 @@ def read_visdoc(
                 spec = make_spec(text=row.get("query"), instruction=query_instruction, id=qid)
             except (KeyError, TypeError, ValueError) as e:
                 raise DataError(name, f"query {idx}", f"malformed query row ({e})", file=str(folder)) from e
+            spec = interner(spec)
             interner.validate(spec, name, f"query {idx}")
         except DataError as e:
             _handle(e, on_error, log)
