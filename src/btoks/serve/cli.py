@@ -28,8 +28,10 @@ def _load_model(path: str, device: str | None) -> Any:
     from btoks.model import BToksModel
 
     if not Path(path, "btoks_config.json").is_file():
-        raise SystemExit(f"error: {path} is not a btoks model folder (no btoks_config.json); "
-                         "give a folder written by save_pretrained")
+        raise SystemExit(
+            f"error: {path} is not a btoks model folder (no btoks_config.json); "
+            "give a folder written by save_pretrained"
+        )
     model = BToksModel.from_pretrained(path)
     if device:
         model.to(device)
@@ -37,7 +39,9 @@ def _load_model(path: str, device: str | None) -> Any:
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None, help="torch device for the model, e.g. cpu or cuda:0 (default: as loaded)")
+    p.add_argument(
+        "--device", default=None, help="torch device for the model, e.g. cpu or cuda:0 (default: as loaded)"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ index
@@ -46,27 +50,60 @@ def _add_device(p: argparse.ArgumentParser) -> None:
 def add_index_args(p: argparse.ArgumentParser) -> None:
     """``btoks index MODEL SOURCES... --out INDEX``."""
     p.add_argument("model", metavar="MODEL", help="model folder written by save_pretrained")
-    p.add_argument("sources", metavar="SOURCES", nargs="+",
-                   help="files or folders to index (images, PDFs, videos, .txt/.md; folders are walked recursively)")
+    p.add_argument(
+        "sources",
+        metavar="SOURCES",
+        nargs="+",
+        help="files or folders to index (images, PDFs, videos, .txt/.md; folders are walked recursively)",
+    )
     p.add_argument("--out", "-o", required=True, metavar="INDEX", help="index folder to create or update")
-    p.add_argument("--index-type", choices=("flat", "hnsw", "ivf"), default="flat",
-                   help="flat: exact search (default); hnsw / ivf: approximate, for large corpora")
+    p.add_argument(
+        "--index-type",
+        choices=("flat", "hnsw", "ivf"),
+        default="flat",
+        help="flat: exact search (default); hnsw / ivf: approximate, for large corpora",
+    )
     p.add_argument("--batch-size", type=_positive_int, default=16, help="inputs per model batch (default 16)")
     p.add_argument("--frames", type=_positive_int, default=8, help="frames sampled per video (default 8)")
-    p.add_argument("--chunk-chars", type=_positive_int, default=None,
-                   help="split text files into chunks of at most this many characters (default: one entry per file)")
-    p.add_argument("--chunk-overlap", type=int, default=0, help="characters shared by consecutive text chunks")
-    p.add_argument("--pdf-scale", type=float, default=1.0, help="PDF render scale: 1 = 72 dpi, 2 = 144 dpi (default 1)")
-    p.add_argument("--max-pixels", type=_positive_int, default=64_000_000,
-                   help="refuse images larger than this many pixels (decompression-bomb guard)")
-    p.add_argument("--instruction", default=None, help="instruction prepended to every document (default: none, "
-                   "or the model's config.extra.document_instruction)")
+    p.add_argument(
+        "--chunk-chars",
+        type=_positive_int,
+        default=None,
+        help="split text files into chunks of at most this many characters (default: one entry per file)",
+    )
+    p.add_argument(
+        "--chunk-overlap", type=int, default=0, help="characters shared by consecutive text chunks"
+    )
+    p.add_argument(
+        "--pdf-scale", type=float, default=1.0, help="PDF render scale: 1 = 72 dpi, 2 = 144 dpi (default 1)"
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=64_000_000,
+        help="refuse images larger than this many pixels (decompression-bomb guard)",
+    )
+    p.add_argument(
+        "--instruction",
+        default=None,
+        help="instruction prepended to every document (default: none, "
+        "or the model's config.extra.document_instruction)",
+    )
     p.add_argument("--hnsw-m", type=_positive_int, default=32, help="HNSW graph degree (hnsw only)")
-    p.add_argument("--ivf-nlist", type=_positive_int, default=None,
-                   help="IVF list count (ivf only; default min(4*sqrt(n), n/39))")
-    p.add_argument("--rebuild", action="store_true", help="ignore the existing index and embed everything again")
-    p.add_argument("--no-prune", action="store_true",
-                   help="keep entries of files that were deleted from the scanned folders")
+    p.add_argument(
+        "--ivf-nlist",
+        type=_positive_int,
+        default=None,
+        help="IVF list count (ivf only; default min(4*sqrt(n), n/39))",
+    )
+    p.add_argument(
+        "--rebuild", action="store_true", help="ignore the existing index and embed everything again"
+    )
+    p.add_argument(
+        "--no-prune",
+        action="store_true",
+        help="keep entries of files that were deleted from the scanned folders",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_device(p)
 
@@ -76,15 +113,29 @@ def run_index(args: argparse.Namespace) -> int:
 
     model = _load_model(args.model, args.device)
     report = build_index(
-        model, args.sources, args.out, index_type=args.index_type, batch_size=args.batch_size,
-        num_frames=args.frames, chunk_chars=args.chunk_chars, chunk_overlap=args.chunk_overlap,
-        pdf_scale=args.pdf_scale, max_pixels=args.max_pixels, instruction=args.instruction,
-        model_path=str(Path(args.model).resolve()), rebuild=args.rebuild, prune=not args.no_prune,
-        hnsw_m=args.hnsw_m, ivf_nlist=args.ivf_nlist, show_progress_bar=not args.no_progress,
+        model,
+        args.sources,
+        args.out,
+        index_type=args.index_type,
+        batch_size=args.batch_size,
+        num_frames=args.frames,
+        chunk_chars=args.chunk_chars,
+        chunk_overlap=args.chunk_overlap,
+        pdf_scale=args.pdf_scale,
+        max_pixels=args.max_pixels,
+        instruction=args.instruction,
+        model_path=str(Path(args.model).resolve()),
+        rebuild=args.rebuild,
+        prune=not args.no_prune,
+        hnsw_m=args.hnsw_m,
+        ivf_nlist=args.ivf_nlist,
+        show_progress_bar=not args.no_progress,
     )
     state = "written" if report.written else "up to date, nothing written"
-    print(f"{report.path}: {report.count} entries ({state}); +{report.added} added, -{report.removed} removed, "
-          f"{report.new_files} files embedded, {report.unchanged_files} unchanged")
+    print(
+        f"{report.path}: {report.count} entries ({state}); +{report.added} added, -{report.removed} removed, "
+        f"{report.new_files} files embedded, {report.unchanged_files} unchanged"
+    )
     for s in report.skipped:
         print(f"  skipped {s['source']}: {s['error']}", file=sys.stderr)
     return 0
@@ -97,17 +148,30 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     """``btoks search INDEX "query" [--image q.png] [-k 10] [--model MODEL]``."""
     p.add_argument("index", metavar="INDEX", help="index folder built by `btoks index`")
     p.add_argument("query", nargs="?", default=None, help="query text (optional when --image is given)")
-    p.add_argument("--image", default=None, help="query image file (combined with the text when both are given)")
+    p.add_argument(
+        "--image", default=None, help="query image file (combined with the text when both are given)"
+    )
     p.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10)")
-    p.add_argument("--model", default=None, help="model folder (default: the one recorded in the index header)")
-    p.add_argument("--instruction", default=None,
-                   help="query instruction (default: the model's config.extra.query_instruction, if any)")
+    p.add_argument(
+        "--model", default=None, help="model folder (default: the one recorded in the index header)"
+    )
+    p.add_argument(
+        "--instruction",
+        default=None,
+        help="query instruction (default: the model's config.extra.query_instruction, if any)",
+    )
     p.add_argument("--json", action="store_true", help="print results as JSON lines instead of a table")
     _add_device(p)
 
 
 def format_hit(hit: Any) -> str:
-    where = f"  [page {hit.page}]" if hit.page is not None else f"  [chunk {hit.chunk}]" if hit.chunk is not None else ""
+    where = (
+        f"  [page {hit.page}]"
+        if hit.page is not None
+        else f"  [chunk {hit.chunk}]"
+        if hit.chunk is not None
+        else ""
+    )
     preview = f"\n      {hit.preview[:100]}" if hit.preview else ""
     return f"{hit.rank:>3}. {hit.score:.4f}  {hit.source}{where}{preview}"
 
@@ -140,24 +204,52 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("model", metavar="MODEL", help="model folder written by save_pretrained")
     p.add_argument("--index", default=None, help="index folder to serve POST /search from")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1; use 0.0.0.0 only behind an API key / proxy)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; use 0.0.0.0 only behind an API key / proxy)",
+    )
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--api-key", default=None,
-                   help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}; prefer the env variable, "
-                        "command lines are visible to other users)")
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}; prefer the env variable, "
+        "command lines are visible to other users)",
+    )
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MiB (default 16)")
-    p.add_argument("--max-image-pixels", type=_positive_int, default=DEFAULT_MAX_IMAGE_PIXELS,
-                   help=f"largest image accepted, width*height (default {DEFAULT_MAX_IMAGE_PIXELS:,})")
-    p.add_argument("--max-batch", type=_positive_int, default=DEFAULT_MAX_BATCH,
-                   help=f"inputs per model batch when grouping concurrent requests (default {DEFAULT_MAX_BATCH})")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="how long the first request of a batch waits for others (default 5 ms)")
-    p.add_argument("--max-inputs", type=_positive_int, default=DEFAULT_MAX_INPUTS,
-                   help=f"most inputs in one /v1/embeddings request (default {DEFAULT_MAX_INPUTS})")
-    p.add_argument("--model-name", default=None, help="name reported in responses (default: the model folder name)")
-    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"),
-                   help="uvicorn log level (default info)")
+    p.add_argument(
+        "--max-image-pixels",
+        type=_positive_int,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        help=f"largest image accepted, width*height (default {DEFAULT_MAX_IMAGE_PIXELS:,})",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=_positive_int,
+        default=DEFAULT_MAX_BATCH,
+        help=f"inputs per model batch when grouping concurrent requests (default {DEFAULT_MAX_BATCH})",
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long the first request of a batch waits for others (default 5 ms)",
+    )
+    p.add_argument(
+        "--max-inputs",
+        type=_positive_int,
+        default=DEFAULT_MAX_INPUTS,
+        help=f"most inputs in one /v1/embeddings request (default {DEFAULT_MAX_INPUTS})",
+    )
+    p.add_argument(
+        "--model-name", default=None, help="name reported in responses (default: the model folder name)"
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="uvicorn log level (default info)",
+    )
     _add_device(p)
 
 
@@ -166,10 +258,20 @@ def run_serve(args: argparse.Namespace) -> int:
 
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     model = _load_model(args.model, args.device)
-    serve(model, args.index, host=args.host, port=args.port, api_key=api_key, log_level=args.log_level,
-          max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_image_pixels=args.max_image_pixels,
-          max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_inputs=args.max_inputs,
-          model_name=args.model_name or Path(args.model).resolve().name)
+    serve(
+        model,
+        args.index,
+        host=args.host,
+        port=args.port,
+        api_key=api_key,
+        log_level=args.log_level,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_image_pixels=args.max_image_pixels,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_inputs=args.max_inputs,
+        model_name=args.model_name or Path(args.model).resolve().name,
+    )
     return 0
 
 

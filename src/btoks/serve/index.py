@@ -1,4 +1,4 @@
-"""A FAISS index over folders of images, PDFs, videos and text files, built incrementally and written atomically.
+"""A FAISS index over folders of images, PDFs, videos and text files, built incrementally, written atomically.
 
 Layout of an index directory::
 
@@ -66,7 +66,7 @@ class IndexParams:
     nlist: int | None = None
     """IVF lists; ``None``: ``min(4·√n, n/39)`` (FAISS wants ≥ 39 training points per list)."""
     nprobe: int | None = None
-    """IVF lists visited per query; ``None``: ``max(8, nlist/8)``."""
+    """IVF lists visited per query; ``None``: ``max(16, nlist/8)``."""
     trained_on: int = 0
 
 
@@ -110,7 +110,7 @@ def _skip_name(name: str) -> bool:
 
 
 def discover(sources: Iterable[str | Path]) -> list[Path]:
-    """Supported files under ``sources`` (files or folders, recursive, hidden entries skipped), sorted, unique.
+    """Supported files under ``sources`` (files or folders, recursive, hidden entries skipped), sorted.
 
     Symlinked folders are not followed (no cycles, no escaping the folder the user named).
     """
@@ -121,7 +121,9 @@ def discover(sources: Iterable[str | Path]) -> list[Path]:
             raise FileNotFoundError(f"{root}: no such file or folder")
         if root.is_file():
             if root.suffix.lower() not in KNOWN_EXTS:
-                raise ValueError(f"{root}: unsupported file type; expected one of {', '.join(sorted(KNOWN_EXTS))}")
+                raise ValueError(
+                    f"{root}: unsupported file type; expected one of {', '.join(sorted(KNOWN_EXTS))}"
+                )
             found[root.resolve()] = None
             continue
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
@@ -171,8 +173,9 @@ def _file_key(path: Path) -> tuple[int, int]:
     return st.st_mtime_ns, st.st_size
 
 
-def _entries(path: Path, *, num_frames: int, chunk_chars: int | None, chunk_overlap: int,
-             max_text_chars: int) -> list[tuple[dict[str, Any], Any]]:
+def _entries(
+    path: Path, *, num_frames: int, chunk_chars: int | None, chunk_overlap: int, max_text_chars: int
+) -> list[tuple[dict[str, Any], Any]]:
     """(metadata, encode input) for every vector a file contributes."""
     mtime_ns, size = _file_key(path)
     base = {"source": str(path), "mtime_ns": mtime_ns, "size": size}
@@ -180,11 +183,17 @@ def _entries(path: Path, *, num_frames: int, chunk_chars: int | None, chunk_over
     if kind == "image":
         return [({**base, "id": str(path), "modality": kind}, path)]
     if kind == "video":
-        return [({**base, "id": str(path), "modality": kind, "frames": num_frames},
-                 {"video": path, "frames": num_frames})]
+        return [
+            (
+                {**base, "id": str(path), "modality": kind, "frames": num_frames},
+                {"video": path, "frames": num_frames},
+            )
+        ]
     if kind == "pdf_page":
-        return [({**base, "id": f"{path}#page={p}", "modality": kind, "page": p}, {"pdf": path, "page": p})
-                for p in range(pdf_num_pages(path))]
+        return [
+            ({**base, "id": f"{path}#page={p}", "modality": kind, "page": p}, {"pdf": path, "page": p})
+            for p in range(pdf_num_pages(path))
+        ]
     with path.open(encoding="utf-8", errors="replace") as f:
         text = f.read(max_text_chars)
     spans = chunk_text(text, chunk_chars, chunk_overlap)
@@ -193,8 +202,12 @@ def _entries(path: Path, *, num_frames: int, chunk_chars: int | None, chunk_over
     single = len(spans) == 1 and not chunk_chars
     out = []
     for i, (a, b) in enumerate(spans):
-        meta = {**base, "id": str(path) if single else f"{path}#chunk={i}", "modality": kind,
-                "preview": " ".join(text[a:b].split())[:200]}
+        meta = {
+            **base,
+            "id": str(path) if single else f"{path}#chunk={i}",
+            "modality": kind,
+            "preview": " ".join(text[a:b].split())[:200],
+        }
         if not single:
             meta.update(chunk=i, start=a, end=b)
         out.append((meta, text[a:b]))
@@ -223,11 +236,13 @@ def make_faiss_index(vectors: np.ndarray, params: IndexParams) -> faiss.Index:
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.train(vectors)
-        index.nprobe = params.nprobe or min(nlist, max(8, nlist // 8))
+        index.nprobe = params.nprobe or min(nlist, max(16, nlist // 8))
         params.nlist, params.trained_on = nlist, n
         index.make_direct_map()  # lets a later rebuild read vectors back (reconstruct)
     else:
-        raise ValueError(f"unknown index type {params.index_type!r}; expected one of {', '.join(INDEX_TYPES)}")
+        raise ValueError(
+            f"unknown index type {params.index_type!r}; expected one of {', '.join(INDEX_TYPES)}"
+        )
     if n:
         index.add(vectors)
     return index
@@ -245,14 +260,15 @@ def all_vectors(index: faiss.Index) -> np.ndarray:
     return index.reconstruct_n(0, index.ntotal)
 
 
-def _configure_search(index: faiss.Index, params: IndexParams, k: int) -> None:
+def _search_params(index: faiss.Index, params: IndexParams, k: int) -> Any:
+    """Per-call search settings (not mutated on the shared index, so concurrent searches cannot race)."""
     import faiss
 
     if isinstance(index, faiss.IndexHNSW):
-        index.hnsw.efSearch = max(params.ef_search, k)
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None and params.nprobe:
-        ivf.nprobe = params.nprobe
+        return faiss.SearchParametersHNSW(efSearch=max(params.ef_search, k))
+    if faiss.try_extract_index_ivf(index) is not None and params.nprobe:
+        return faiss.SearchParametersIVF(nprobe=params.nprobe)
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -274,7 +290,9 @@ def _version_dir(path: Path) -> Path:
 class Index:
     """A loaded index: FAISS structure, per-vector metadata and the header. Load once, search many times."""
 
-    def __init__(self, path: Path, header: dict[str, Any], meta: list[dict[str, Any]], index: faiss.Index) -> None:
+    def __init__(
+        self, path: Path, header: dict[str, Any], meta: list[dict[str, Any]], index: faiss.Index
+    ) -> None:
         self.path, self.header, self.meta, self.faiss = path, header, meta, index
         self.params = IndexParams(**header.get("params", {}))
         self._probe_ok: set[int] = set()
@@ -295,8 +313,10 @@ class Index:
         except (OSError, ValueError, RuntimeError) as e:
             raise BToksIndexError(f"{vdir}: cannot read index ({e})") from e
         if index.ntotal != len(meta) or index.ntotal != header.get("count"):
-            raise BToksIndexError(f"{vdir}: index holds {index.ntotal} vectors but metadata has {len(meta)} rows "
-                              f"(header count {header.get('count')})")
+            raise BToksIndexError(
+                f"{vdir}: index holds {index.ntotal} vectors but metadata has {len(meta)} rows "
+                f"(header count {header.get('count')})"
+            )
         return cls(root, header, meta, index)
 
     @property
@@ -309,7 +329,7 @@ class Index:
     def check_model(self, model: BToksModel, probe: np.ndarray | None = None) -> None:
         """Refuse a model whose embeddings are not comparable with the stored ones (dim or probe mismatch).
 
-        Mixing embedding spaces fails silently otherwise: search still returns ranked results, just wrong ones.
+        Mixing embedding spaces fails silently otherwise: search still ranks results, just wrongly.
         """
         from btoks.encode import encode
 
@@ -318,7 +338,9 @@ class Index:
         if probe is None:
             probe = encode(model, PROBE_TEXT, show_progress_bar=False)
         if probe.shape[0] != self.dim:
-            raise BToksIndexError(f"{self.path}: index dim {self.dim} but the model embeds to {probe.shape[0]}")
+            raise BToksIndexError(
+                f"{self.path}: index dim {self.dim} but the model embeds to {probe.shape[0]}"
+            )
         stored = self.header.get("probe")
         if stored is not None:
             cos = float(np.dot(probe, np.asarray(stored, dtype=np.float32)))
@@ -326,7 +348,8 @@ class Index:
                 raise BToksIndexError(
                     f"{self.path}: the model does not match the one the index was built with "
                     f"({self.header.get('model')}; probe cosine {cos:.3f} < {PROBE_MIN_COSINE}); "
-                    "rebuild the index with this model (btoks index ... --rebuild)")
+                    "rebuild the index with this model (btoks index ... --rebuild)"
+                )
         self._probe_ok.add(id(model))
 
     def search_vectors(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -337,8 +360,7 @@ class Index:
         k = min(k, len(self))
         if k <= 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        _configure_search(self.faiss, self.params, k)
-        return self.faiss.search(q, k)
+        return self.faiss.search(q, k, params=_search_params(self.faiss, self.params, k))
 
     def hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
         """Hits for one query row (FAISS pads with id -1 when fewer than k results exist)."""
@@ -347,13 +369,29 @@ class Index:
             if i < 0:
                 continue
             m = self.meta[int(i)]
-            out.append(Hit(rank=len(out) + 1, score=float(score), id=m["id"], source=m["source"],
-                           modality=m["modality"], page=m.get("page"), chunk=m.get("chunk"),
-                           preview=m.get("preview")))
+            out.append(
+                Hit(
+                    rank=len(out) + 1,
+                    score=float(score),
+                    id=m["id"],
+                    source=m["source"],
+                    modality=m["modality"],
+                    page=m.get("page"),
+                    chunk=m.get("chunk"),
+                    preview=m.get("preview"),
+                )
+            )
         return out
 
-    def search(self, model: BToksModel, query_text: str | None = None, query_image: Any = None, k: int = 10,
-               instruction: str | None = None, check_model: bool = True) -> list[Hit]:
+    def search(
+        self,
+        model: BToksModel,
+        query_text: str | None = None,
+        query_image: Any = None,
+        k: int = 10,
+        instruction: str | None = None,
+        check_model: bool = True,
+    ) -> list[Hit]:
         """Embed the query (text, image, or both in one input) with ``encode_query`` and rank the index."""
         from btoks.encode import encode_query
 
@@ -374,8 +412,14 @@ def _query_input(query_text: str | None, query_image: Any) -> Any:
     return {"text": query_text or "", "image": image}
 
 
-def search(index_dir: str | Path | Index, model: BToksModel, query_text: str | None = None,
-           query_image: Any = None, k: int = 10, instruction: str | None = None) -> list[Hit]:
+def search(
+    index_dir: str | Path | Index,
+    model: BToksModel,
+    query_text: str | None = None,
+    query_image: Any = None,
+    k: int = 10,
+    instruction: str | None = None,
+) -> list[Hit]:
     """Ranked hits for a text and/or image query (``query_image``: PIL image, path or bytes)."""
     index = index_dir if isinstance(index_dir, Index) else Index.load(index_dir)
     return index.search(model, query_text, query_image, k=k, instruction=instruction)
@@ -416,7 +460,9 @@ def _writer_lock(root: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def write_index(root: Path, header: dict[str, Any], meta: Sequence[dict[str, Any]], index: faiss.Index) -> Path:
+def write_index(
+    root: Path, header: dict[str, Any], meta: Sequence[dict[str, Any]], index: faiss.Index
+) -> Path:
     """Write a complete new version, then atomically point ``CURRENT`` at it; returns the version folder.
 
     Nothing the live version uses is touched before the final ``os.replace``, so an exception or a crash at
@@ -551,16 +597,28 @@ def build_index(
         inputs: list[Any] = []
         for p in todo:
             try:
-                for meta, item in _entries(p, num_frames=num_frames, chunk_chars=chunk_chars,
-                                           chunk_overlap=chunk_overlap, max_text_chars=model.config.max_length * 16):
+                for meta, item in _entries(
+                    p,
+                    num_frames=num_frames,
+                    chunk_chars=chunk_chars,
+                    chunk_overlap=chunk_overlap,
+                    max_text_chars=model.config.max_length * 16,
+                ):
                     metas.append(meta)
                     inputs.append(item)
             except (MediaError, OSError, ValueError) as e:
                 report.skipped.append({"source": str(p), "error": str(e)})
         opts = EncodeOptions(num_frames=num_frames, max_pixels=max_pixels, pdf_scale=pdf_scale)
         doc_instruction = instruction or (model.config.extra or {}).get("document_instruction")
-        result = encode_items(model, inputs, batch_size=batch_size, show_progress_bar=show_progress_bar,
-                              instruction=doc_instruction, on_error="skip", options=opts)
+        result = encode_items(
+            model,
+            inputs,
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+            instruction=doc_instruction,
+            on_error="skip",
+            options=opts,
+        )
         bad_sources = {metas[i]["source"]: e.detail for i, e in result.errors.items()}
         for src, err in bad_sources.items():  # a file counts as indexed only when all its entries are
             report.skipped.append({"source": src, "error": err})
@@ -568,16 +626,23 @@ def build_index(
         new_vecs = result.embeddings[good].numpy().astype(np.float32)
         new_meta = [metas[i] for i in good]
         report.added = len(new_meta)
-        if prev is not None and report.added == 0 and report.removed == 0 and prev.params.index_type == index_type:
+        if (
+            prev is not None
+            and report.added == 0
+            and report.removed == 0
+            and prev.params.index_type == index_type
+        ):
             report.count, report.written = len(prev), False
             return report
 
-        grow_ok = index_type != "ivf" or (prev is not None and len(prev) + report.added <= 4 * prev.params.trained_on)
+        grow_ok = index_type != "ivf" or (
+            prev is not None and len(prev) + report.added <= 4 * prev.params.trained_on
+        )
         if prev is not None and prev.params.index_type == index_type and report.removed == 0 and grow_ok:
             index, params, meta_rows = prev.faiss, prev.params, prev.meta + new_meta
             if len(new_vecs):
                 index.add(new_vecs)
-        else:  # first build, removals, a type change or an IVF that outgrew its training: rebuild from vectors
+        else:  # first build, removals, type change or an IVF that outgrew its training: rebuild
             old = all_vectors(prev.faiss)[keep_rows] if prev is not None else np.zeros((0, dim), np.float32)
             vectors = np.ascontiguousarray(np.concatenate([old, new_vecs]), dtype=np.float32)
             index = make_faiss_index(vectors, params)
@@ -586,8 +651,9 @@ def build_index(
         header = {
             "format": FORMAT,
             "version": VERSION,
-            "model": model_path or (prev.header.get("model") if prev is not None else None)
-                     or model.config.base_model,
+            "model": model_path
+            or (prev.header.get("model") if prev is not None else None)
+            or model.config.base_model,
             "dim": int(index.d),
             "count": int(index.ntotal),
             "index_type": index_type,
@@ -607,5 +673,16 @@ def build_index(
         return report
 
 
-__all__ = ["BuildReport", "Hit", "Index", "BToksIndexError", "IndexParams", "build_index", "chunk_text", "discover",
-           "make_faiss_index", "search", "write_index"]
+__all__ = [
+    "BToksIndexError",
+    "BuildReport",
+    "Hit",
+    "Index",
+    "IndexParams",
+    "build_index",
+    "chunk_text",
+    "discover",
+    "make_faiss_index",
+    "search",
+    "write_index",
+]
