@@ -74,7 +74,7 @@ def test_save_load_roundtrip_full_and_lora(tmp_path, rgb):
     lora = BToksModel.from_backbone(str(base_dir), BToksConfig(num_btoks=2))
     lora.apply_lora(r=4, alpha=8, dropout=0.0)
     with torch.no_grad():
-        for n, p in lora.model.named_parameters():
+        for p in lora.model.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
     texts = [Sample(text="a red circle"), Sample(text="the blue square on the right")]
@@ -85,11 +85,11 @@ def test_save_load_roundtrip_full_and_lora(tmp_path, rgb):
 
 
 def test_clear_errors():
-    with pytest.raises(ValueError, match="num_btoks.*-1"):
+    with pytest.raises(ValueError, match=r"num_btoks.*-1"):
         BToksConfig(num_btoks=-1)
     with pytest.raises(ValueError, match="ntp_side 'sideways'"):
         check_ntp_side("sideways")
-    with pytest.raises(ValueError, match="kv_mode.*'partial'"):
+    with pytest.raises(ValueError, match=r"kv_mode.*'partial'"):
         BToksConfig(kv_mode="partial")
     bb = tiny_backbone("llama")
     bb.tokenizer.eos_token = None

@@ -1404,7 +1404,10 @@ def _fragment(rng: np.random.Generator, lines: Sequence[str], idf: dict[str, flo
         scored.append((-score, i))
     scored.sort()
     for _, i in scored[:5] if len(scored) <= 5 else [scored[j] for j in rng.permutation(5)]:
-        frag = " ".join(words[i : i + length]).strip(" ,;:\"'()").rstrip(".")
+        window = words[i : i + length]
+        while len(window) > 5 and _norm(window[-1].strip(" ,;:\"'().")) in stop:
+            window = window[:-1]  # do not end on "he" / "in" / "which"
+        frag = " ".join(window).strip(" ,;:\"'()").rstrip(".")
         if corpus_text.count(frag) == 1:
             return frag
     return None
