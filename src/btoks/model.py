@@ -261,6 +261,18 @@ class BToksModel(nn.Module):
 
         return encode(self, inputs, **kwargs)
 
+    def encode_query(self, inputs: Any, **kwargs: Any) -> Any:
+        """``encode`` with the query instruction (argument or ``config.extra["query_instruction"]``)."""
+        from btoks.encode import encode_query
+
+        return encode_query(self, inputs, **kwargs)
+
+    def encode_document(self, inputs: Any, **kwargs: Any) -> Any:
+        """``encode`` with the document instruction (argument or ``config.extra["document_instruction"]``)."""
+        from btoks.encode import encode_document
+
+        return encode_document(self, inputs, **kwargs)
+
     # ---- persistence -----------------------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> None:
         """Write safetensors + ``btoks_config.json`` atomically; adapter-only when LoRA is applied."""

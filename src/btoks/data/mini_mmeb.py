@@ -742,7 +742,7 @@ def build_shapes_t2i(ctx: Ctx) -> Built:
     for split in ("test", "train"):
         rng = ctx.rng(b.spec.name, split)
         shapes = ctx.src.shapes(split)
-        pool = _pick(rng, shapes, min(len(shapes), 400))
+        pool = _pick(rng, shapes, min(len(shapes), max(400, ctx.n(split))))
         rows = []
         for item in pool[: ctx.n(split)]:
             negs = _hard_image_negatives(rng, item, pool, 7)
