@@ -8,10 +8,11 @@ file and a short machine-readable ``reason`` that skip counters can group by.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,18 +98,13 @@ def _check_pixels(size: tuple[int, int], max_pixels: int | None, name: str) -> N
         )
 
 
-def _open_image(fp: Any, name: str, max_pixels: int | None) -> Image.Image:
-    """Open lazily, check the header size, then decode; PIL's own bomb guard is mapped to ``MediaError``."""
+@contextlib.contextmanager
+def _image_errors(name: str) -> Iterator[None]:
+    """Map PIL's failures (bomb guard, missing file, undecodable data) to one ``MediaError`` naming the file."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(fp)
-            try:
-                _check_pixels(img.size, max_pixels, name)
-                img.load()
-            except BaseException:
-                img.close()
-                raise
+            yield
     except MediaError:
         raise
     except Image.DecompressionBombError as e:
@@ -117,6 +113,18 @@ def _open_image(fp: Any, name: str, max_pixels: int | None) -> Image.Image:
         raise MediaError(f"{name}: file not found", path=name, reason=MISSING) from e
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise MediaError(f"{name}: cannot decode image ({e})", path=name, reason=CORRUPT_IMAGE) from e
+
+
+def _open_image(fp: Any, name: str, max_pixels: int | None) -> Image.Image:
+    """Open lazily, check the header size, then decode; PIL's own bomb guard is mapped to ``MediaError``."""
+    with _image_errors(name):
+        img = Image.open(fp)
+        try:
+            _check_pixels(img.size, max_pixels, name)
+            img.load()
+        except BaseException:
+            img.close()
+            raise
     return img
 
 
@@ -138,17 +146,8 @@ def image_header_size(src: ImageSource, root: str | Path | None = None) -> tuple
         w, h = pdf_page_size(src.path, src.page, root=root)
         return round(w), round(h)
     fp, name = _image_fp(src, root)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(fp) as img:
-                return img.size
-    except Image.DecompressionBombError as e:
-        raise MediaError(f"{name}: {e}", path=name, reason=TOO_LARGE) from e
-    except FileNotFoundError as e:
-        raise MediaError(f"{name}: file not found", path=name, reason=MISSING) from e
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
-        raise MediaError(f"{name}: cannot decode image ({e})", path=name, reason=CORRUPT_IMAGE) from e
+    with _image_errors(name), Image.open(fp) as img:
+        return img.size
 
 
 def _image_fp(src: ImageSource, root: str | Path | None) -> tuple[Any, str]:

@@ -29,6 +29,7 @@ import numpy as np
 
 from btoks.data.media import DEFAULT_MAX_PIXELS, DEFAULT_NUM_FRAMES, MediaError, pdf_num_pages
 from btoks.encode import EncodeOptions, encode_items
+from btoks.fsio import fsync_dir, fsync_file
 
 if TYPE_CHECKING:
     import faiss
@@ -428,19 +429,6 @@ def search(
 # ------------------------------------------------------------------------------------------------ writing
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not supported on every platform / filesystem
-        _fsync_file(path)
-
-
 @contextlib.contextmanager
 def _writer_lock(root: Path) -> Iterator[None]:
     """One writer per index directory (two concurrent builds would each drop the other's additions)."""
@@ -484,13 +472,13 @@ def write_index(
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         (tmp / HEADER).write_text(json.dumps(header, indent=1) + "\n")
         for file in (FAISS_FILE, META, HEADER):
-            _fsync_file(tmp / file)
+            fsync_file(tmp / file)
         tmp.rename(final)
         pointer_tmp = root / f".{CURRENT}.{name}"
         pointer_tmp.write_text(name + "\n")
-        _fsync_file(pointer_tmp)
+        fsync_file(pointer_tmp)
         os.replace(pointer_tmp, root / CURRENT)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if _live_name(root) != name:

@@ -17,15 +17,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from btoks.fsio import fsync_dir, fsync_file
+
 LATEST = "latest"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def rng_state() -> dict[str, Any]:
@@ -59,15 +53,14 @@ def save_checkpoint(root: str | Path, step: int, params: dict[str, torch.Tensor]
                     "rng": rng_state()}, tmp / "state.pt")
         (tmp / "trainer.json").write_text(json.dumps({"step": step, **extra}, indent=2))
         for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+            fsync_file(f)
         final = root / f"checkpoint-{step}"
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         pointer = root / f".{LATEST}.tmp"
         pointer.write_text(final.name)
         os.replace(pointer, root / LATEST)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
