@@ -23,6 +23,14 @@ COMMANDS: list[tuple[str, str, str, str, str]] = [
     ("search", "btoks.serve.cli", "add_search_args", "run_search", "search an index with text and/or an image"),
     ("serve", "btoks.serve.cli", "add_serve_args", "run_serve",
      "HTTP server: OpenAI-compatible /v1/embeddings, /search, /health (binds 127.0.0.1)"),
+    ("data", "btoks.data.cli", "add_data_args", "run_data",
+     "build datasets: `btoks data mini-mmeb --out DIR` assembles the offline mini-MMEB benchmark"),
+    ("analyze", "btoks.analysis.cli", "add_analyze_args", "run_analyze",
+     "attention analysis: where target tokens and BToks put their attention, with and without the mask"),
+    ("decode", "btoks.analysis.cli", "add_decode_args", "run_decode",
+     "generate text from the BTok-only KV cache of an input (what did the bottleneck keep?)"),
+    ("ablate", "btoks.analysis.ablate", "add_ablate_args", "run_ablate",
+     "run a matched ablation grid (K, mask, λ, pooling), evaluate each cell, write table + plot + paired tests"),
 ]
 
 
