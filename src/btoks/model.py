@@ -128,7 +128,8 @@ class BToksModel(nn.Module):
         extra = {"trainable_token_indices": {self.backbone.embedding_module_name: self.btok_ids}} \
             if self.btok_ids else {}
         lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, use_dora=dora, init_lora_weights=init,
-                          target_modules=self.backbone.lora_target_modules, **extra)
+                          target_modules=self.backbone.lora_target_modules,
+                          modules_to_save=self.backbone.modules_to_save or None, **extra)
         self.peft_model = get_peft_model(self.backbone.model, lora)
 
     @property

@@ -91,6 +91,16 @@ class Backbone:
         return "embed_tokens"
 
     @property
+    def modules_to_save(self) -> list[str]:
+        """Non-LoRA modules trained in full and saved with the adapter (e.g. a freshly initialised projector)."""
+        return []
+
+    @property
+    def vision_token_ids(self) -> frozenset[int]:
+        """Placeholder ids that carry image/video features (for analysis: text vs vision attention)."""
+        return frozenset()
+
+    @property
     def eos_token_id(self) -> int | None:
         eos = self.tokenizer.eos_token_id
         if eos is None:

@@ -76,6 +76,10 @@ class QwenVLBackbone(Backbone):
             self.image_processor.size = size
 
     @property
+    def vision_token_ids(self) -> frozenset[int]:
+        return frozenset({self.image_token_id, self.video_token_id})
+
+    @property
     def lora_target_modules(self) -> str:
         # Only the LLM's projections: the vision tower has its own q/k/v-like layers that LoRA should not touch.
         return r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
