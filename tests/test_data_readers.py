@@ -605,3 +605,15 @@ def test_sample_spec_key_hashes_bytes() -> None:
     b = SampleSpec(text="x", images=(png_bytes((1, 1, 1)),))
     c = SampleSpec(text="x", images=(png_bytes((2, 1, 1)),))
     assert a.key() == b.key() != c.key()
+
+
+def test_ntp_target_column_overrides_derived_target(tmp_path):
+    rows = [{"qry": "Find a video showing: a red ball", "pos_text": "Understand the video.", "ntp_target": "a red ball"},
+            {"qry": "<|image_1|> Represent the image", "pos_text": "a cat", "ntp_target": ""}]
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    by_query = read_train(path, ntp_side="query", check="none")
+    assert by_query[0].positive.target == "a red ball" and by_query[0].query.target is None
+    assert by_query[1].positive.target == "Represent the image"  # empty column: derived from the query text
+    by_positive = read_train(path, ntp_side="positive", check="none")
+    assert by_positive[0].query.target == "a red ball" and by_positive[1].query.target == "a cat"

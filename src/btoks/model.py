@@ -216,17 +216,34 @@ class BToksModel(nn.Module):
                                     use_cache=True)
         emb = self.pool(out.last_hidden_state, inputs.attention_mask)
         rows = targets.rows
-        keep = self.config.num_btoks if self.config.kv_mode == "compressed" else inputs.input_ids.shape[1]
-        cache = DynamicCache()
-        for i, layer in enumerate(out.past_key_values.layers):
-            cache.update(layer.keys[rows, :, -keep:], layer.values[rows, :, -keep:], i)
-        ctx_mask = inputs.attention_mask[rows, -keep:]
+        cache, ctx_mask = self.btok_cache(inputs, out.past_key_values, rows)
         t_out = self.backbone.forward(
             targets.input_ids, torch.cat([ctx_mask, targets.attention_mask], dim=1),
             self._target_positions(inputs, rows, targets.input_ids.shape[1]), past_key_values=cache,
             use_cache=True,
         )
         return self._with_gen_loss(emb, self.backbone.lm_head(t_out.last_hidden_state), targets, len(inputs))
+
+    def btok_cache(self, inputs: ModelInputs, past_key_values: Any = None, rows: torch.Tensor | None = None,
+                   kv_mode: str | None = None) -> tuple[DynamicCache, torch.Tensor]:
+        """The context a GIC target sees: per layer only the last K (BTok) keys/values of ``rows`` (all of
+        ``[X|B]`` with ``kv_mode="full"``), and its 2-D attention mask. Shared by training and ``btoks decode``.
+
+        ``past_key_values`` is the encode pass's cache; without it ``inputs`` are encoded here.
+        """
+        kv_mode = kv_mode or self.config.kv_mode
+        if kv_mode not in ("compressed", "full"):
+            raise ValueError(f"kv_mode must be 'compressed' or 'full', got {kv_mode!r}")
+        if past_key_values is None:
+            past_key_values = self.backbone.forward(inputs.input_ids, inputs.attention_mask, inputs.position_ids,
+                                                    inputs.media, use_cache=True).past_key_values
+        if rows is None:
+            rows = torch.arange(len(inputs), device=inputs.input_ids.device)
+        keep = self.config.num_btoks if kv_mode == "compressed" else inputs.input_ids.shape[1]
+        cache = DynamicCache()
+        for i, layer in enumerate(past_key_values.layers):
+            cache.update(layer.keys[rows, :, -keep:], layer.values[rows, :, -keep:], i)
+        return cache, inputs.attention_mask[rows, -keep:]
 
     def _forward_explicit(self, inputs: ModelInputs, targets: TargetBatch) -> EncodeOutput:
         """Reference path: one pass over ``[X|B|T]`` with the explicit Condensation Mask (masks.py)."""

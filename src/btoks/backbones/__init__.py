@@ -12,9 +12,10 @@ from transformers import AutoConfig
 
 from btoks.backbones.base import Backbone, ModelInputs, Segment
 from btoks.backbones.causal_lm import CausalLMBackbone
+from btoks.backbones.composed import MINI_NAME, MiniBackbone, load_mini
 from btoks.backbones.qwen_vl import QwenVLBackbone
 
-ADAPTERS: list[type[Backbone]] = [QwenVLBackbone, CausalLMBackbone]
+ADAPTERS: list[type[Backbone]] = [QwenVLBackbone, MiniBackbone, CausalLMBackbone]
 
 
 def adapter_for(config: Any) -> type[Backbone]:
@@ -24,14 +25,12 @@ def adapter_for(config: Any) -> type[Backbone]:
             return adapter
     raise ValueError(
         f"no btoks backbone adapter for model_type={getattr(config, 'model_type', None)!r} "
-        f"(architectures={getattr(config, 'architectures', None)}); supported: Qwen2/2.5/3-VL and any *ForCausalLM"
+        f"(architectures={getattr(config, 'architectures', None)}); supported: Qwen2/2.5/3-VL, btoks-mini and any *ForCausalLM"
     )
 
 
 def load_backbone(name_or_path: str, *, trust_remote_code: bool = False, **kwargs: Any) -> Backbone:
     """Load a backbone by hub name or local path (weights stay safetensors; remote code off unless asked)."""
-    from btoks.backbones.composed import MINI_NAME, load_mini
-
     if name_or_path == MINI_NAME:
         return load_mini(**kwargs)
     if name_or_path.startswith("tiny:"):  # random-weight test backbones, e.g. "tiny:qwen2_vl"
@@ -43,5 +42,6 @@ def load_backbone(name_or_path: str, *, trust_remote_code: bool = False, **kwarg
     return adapter.load(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
 
 
-__all__ = ["ADAPTERS", "Backbone", "CausalLMBackbone", "ModelInputs", "QwenVLBackbone", "Segment",
+__all__ = ["ADAPTERS", "MINI_NAME", "Backbone", "CausalLMBackbone", "MiniBackbone", "ModelInputs", "QwenVLBackbone",
+           "Segment",
            "adapter_for", "load_backbone"]

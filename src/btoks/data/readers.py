@@ -510,7 +510,7 @@ def side_from_json(x: Any, *, id: str = "") -> SampleSpec:
 
 
 def _train_row(row: dict[str, Any], idx: int) -> tuple[SampleSpec, SampleSpec, SampleSpec | None]:
-    if "qry" in row:  # MMEB-train
+    if "qry" in row:  # MMEB-train (an optional ``ntp_target`` column is applied by ``_with_targets``)
         def side(t: str, p: str) -> SampleSpec:
             return make_spec(text=row.get(t), images=_image_list(row.get(f"{p}_image_path")),
                              video=row.get(f"{p}_video_path"))
@@ -524,13 +524,19 @@ def _train_row(row: dict[str, Any], idx: int) -> tuple[SampleSpec, SampleSpec, S
     raise KeyError(f"row {idx}: neither MMEB-train columns (qry, pos_text, ...) nor generic (query, positive)")
 
 
-def _with_targets(q: SampleSpec, p: SampleSpec, ntp_side: NtpSide) -> tuple[SampleSpec, SampleSpec]:
+def _with_targets(q: SampleSpec, p: SampleSpec, ntp_side: NtpSide,
+                  explicit: str | None = None) -> tuple[SampleSpec, SampleSpec]:
     """Attach generative targets: the query's BToks generate the positive's text (``positive``), the
-    candidate's BToks the query's text (``query``). Explicit targets in the data win."""
-    if ntp_side in ("positive", "both") and q.target is None and plain_text(p.text):
-        q = replace(q, target=plain_text(p.text))
-    if ntp_side in ("query", "both") and p.target is None and plain_text(q.text):
-        p = replace(p, target=plain_text(q.text))
+    candidate's BToks the query's text (``query``). Explicit targets win: a side's own ``target``, then the
+    row's ``ntp_target`` column (the clean text, without the instruction the other side's text carries)."""
+    if ntp_side in ("positive", "both") and q.target is None:
+        text = explicit if explicit and ntp_side == "positive" else plain_text(p.text)
+        if text:
+            q = replace(q, target=text)
+    if ntp_side in ("query", "both") and p.target is None:
+        text = explicit if explicit and ntp_side == "query" else plain_text(q.text)
+        if text:
+            p = replace(p, target=text)
     return q, p
 
 
@@ -567,7 +573,7 @@ def read_train(
                 q, p, n = _train_row(row, idx)
             except (KeyError, TypeError, ValueError) as e:
                 raise DataError(name, idx, f"malformed row ({e})", file=str(path)) from e
-            q, p = _with_targets(q, p, ntp_side)
+            q, p = _with_targets(q, p, ntp_side, _str(row.get("ntp_target")).strip() or None)
             q, p, n = interner(q), interner(p), (interner(n) if n else None)
             for s in (q, p) if n is None else (q, p, n):
                 interner.validate(s, name, idx)
