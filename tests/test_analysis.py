@@ -148,7 +148,7 @@ def _jsonl(path: Path, rows: list[dict]) -> None:
 def _train_dir(root: Path) -> Path:
     """A mini-MMEB-like folder: an image set (query → label) and a t2i set (the image generates the query)."""
     colors = [("red", (255, 0, 0)), ("blue", (0, 0, 255)), ("green", (0, 255, 0))]
-    for i, (name, rgb) in enumerate(colors):
+    for i, (_name, rgb) in enumerate(colors):
         _png(root / "images" / f"{i}.png", rgb)
     _jsonl(root / "train" / "cls.jsonl", [
         {"qry": "<|image_1|> Represent the given image for classification", "qry_image_path": f"images/{i}.png",
@@ -175,6 +175,7 @@ def test_analyze_cli_writes_json_and_pngs(tmp_path, capsys):
     assert res["num_btoks"] == 2 and res["masked_query_max"] == 0.0
     assert res["overall"]["masked"]["query"] == 0.0 and res["overall"]["unmasked"]["query"] > 0
     assert all(v == 0.0 for v in res["per_layer"]["masked"]["query"])
+    assert 0 < res["overall"]["unmasked"]["query_first_token"] < res["overall"]["unmasked"]["query"]
     assert res["n_samples_with_vision"] == 4  # cls queries and t2i candidates are images
     assert res["overall"]["btok_with_vision"]["vision"] > 0
     for name in ("attention_summary.png", "attention_layer0.png", "attention_layer1.png"):

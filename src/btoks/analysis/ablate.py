@@ -128,7 +128,9 @@ def find_cell(cells: Sequence[Cell], ref: str | None) -> Cell:
 
 
 def _config_hash(cfg_dict: dict[str, Any]) -> str:
+    """Hash of what makes a cell (not where it is written; not the fields the trainer fills in itself)."""
     d = {k: v for k, v in cfg_dict.items() if k not in ("output_dir", "resume")}
+    d["btoks"] = {k: v for k, v in (d.get("btoks") or {}).items() if k not in ("base_model", "backbone")}
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -161,6 +163,10 @@ def run_cell(cell: Cell, config: str | Path, common: Sequence[str], out: Path, e
             return record
         raise ValueError(f"{cell_dir} holds a finished cell trained with a different configuration; use another "
                          f"--out or delete that folder")
+    started = cell_dir / "train_config.json"
+    if started.is_file() and _config_hash(json.loads(started.read_text(encoding="utf-8"))) != cfg_hash:
+        raise ValueError(f"{cell_dir} holds a training run with a different configuration; use another --out or "
+                         f"delete that folder")
     t0 = time.perf_counter()
     model_dir = cell_dir / "model"
     if not (model_dir / "btoks_config.json").is_file():
@@ -202,6 +208,9 @@ def ablate(config: str | Path, grid: Sequence[str], eval_data: str | Path, out: 
             raise ValueError(f"--set {item!r} must look like key=value")
     cells = make_cells(parse_grid(grid))
     ref = find_cell(cells, reference)
+    from btoks.eval.runner import discover
+
+    discover(eval_data, datasets)  # fail before hours of training, not after
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log(f"ablation grid: {len(cells)} cells, reference {ref.name}")
@@ -279,7 +288,7 @@ def ablation_markdown(res: dict[str, Any]) -> str:
         loss = f"{fl['contrastive']:.3f} / {fl.get('generative', 0.0):.3f}" if "contrastive" in fl else "-"
         lines.append(f"| `{c['cell']}` | " + " | ".join(_yaml_value(c["settings"][a]) for a in axes)
                      + f" | {_f(c['overall'])} | " + "".join(f"{_f(c['modalities'].get(m))} | " for m in mods)
-                     + f"{delta} | {ci} | {p} | {loss} | {c['train_s']:.0f} |")
+                     + f"{delta} | {ci} | {p} | {loss} | {c['train_s']:.1f} |")
     names = list(dict.fromkeys(n for c in cells for n in c["datasets"]))
     lines += ["", "Per-dataset scores (Δ vs reference, `*`: paired bootstrap CI excludes 0):", "",
               "| Dataset | " + " | ".join(f"`{c['cell']}`" for c in cells) + " |",

@@ -12,7 +12,8 @@ target tokens of a sample and then over samples:
   **btoks** (earlier BToks and itself). BTok rows see the same columns under both masks.
 
 ``vision_fraction`` (the share of X tokens that are vision tokens) is the vision share a BTok would have if it
-spread its X-attention uniformly: the baseline to read the BTok split against.
+spread its X-attention uniformly: the baseline to read the BTok split against. Targets longer than
+``target_max_length`` are truncated (as ``truncate_targets`` would in training).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def attention_shares(model: BToksModel, samples: Sequence[Any]) -> dict[str, np.
     """Shares for one batch of samples with targets (see the module docstring).
 
     Returns ``masked`` and ``unmasked`` ``(n, layers, heads, 3)`` over :data:`TARGET_GROUPS`, ``btok``
-    ``(n, layers, heads, 3)`` over :data:`BTOK_GROUPS`, ``vision_fraction`` ``(n,)`` and ``masked_query_max``
+    ``(n, layers, heads, 3)`` over :data:`BTOK_GROUPS`, ``unmasked_first`` ``(n, layers, heads)`` (unmasked
+    share on the first input token alone), ``vision_fraction`` ``(n,)`` and ``masked_query_max``
     (the largest single attention weight from a target token to a query token under the mask: 0).
     """
     k = model.config.num_btoks
@@ -66,7 +68,11 @@ def attention_shares(model: BToksModel, samples: Sequence[Any]) -> dict[str, np.
         raise ValueError(f"samples without a GIC target: {', '.join(missing[:5])}")
     device = model.device
     inputs = model.prepare(list(samples)).to(device)
-    targets = model.prepare_targets([s.target for s in samples], ids=[s.id for s in samples])
+    truncate, model.config.truncate_targets = model.config.truncate_targets, True  # analyse long targets too
+    try:
+        targets = model.prepare_targets([s.target for s in samples], ids=[s.id for s in samples])
+    finally:
+        model.config.truncate_targets = truncate
     assert targets is not None  # every sample has a target (checked above)
     targets = targets.to(device)
     n, lxb = inputs.input_ids.shape
@@ -83,6 +89,7 @@ def attention_shares(model: BToksModel, samples: Sequence[Any]) -> dict[str, np.
     vision_ids = torch.tensor(sorted(model.backbone.vision_token_ids), dtype=torch.long, device=device)
     is_vis = is_x & torch.isin(ids, vision_ids)
     is_text = is_x & ~is_vis
+    is_first = is_x & (is_x.long().cumsum(1) == 1)  # the first input token: the usual attention sink
     out: dict[str, list[torch.Tensor]] = defaultdict(list)
     leak = 0.0
     for mode, kv_mode in MODES.items():
@@ -95,6 +102,8 @@ def attention_shares(model: BToksModel, samples: Sequence[Any]) -> dict[str, np.
         for att in attentions:
             att = att.float()
             out[mode].append(_shares(att, is_t, (is_x, is_b, is_t)))
+            if mode == "unmasked":
+                out["unmasked_first"].append(_shares(att, is_t, (is_first,))[..., 0])
             if mode == "masked":
                 worst = float((att * is_t[:, None, :, None] * is_x[:, None, None, :]).max())
                 leak = max(leak, worst)
@@ -133,6 +142,7 @@ def analyze_attention(model: BToksModel, samples: Sequence[GicSample], *, batch_
     summary = {mode: {g: arr[mode][..., i].mean(axis=(0, 2)).round(6).tolist() for i, g in enumerate(TARGET_GROUPS)}
                for mode in MODES}
     summary["btok"] = {g: arr["btok"][..., i].mean(axis=(0, 2)).round(6).tolist() for i, g in enumerate(BTOK_GROUPS)}
+    summary["unmasked"]["query_first_token"] = arr["unmasked_first"].mean(axis=(0, 2)).round(6).tolist()
     with_vision = arr["vision_fraction"] > 0
     if with_vision.any():  # the text/vision split only means something for samples that have vision tokens
         summary["btok_with_vision"] = {g: arr["btok"][with_vision][..., i].mean(axis=(0, 2)).round(6).tolist()
@@ -150,6 +160,7 @@ def analyze_attention(model: BToksModel, samples: Sequence[GicSample], *, batch_
     overall = {mode: {g: round(float(arr[mode][..., i].mean()), 6) for i, g in enumerate(TARGET_GROUPS)}
                for mode in MODES}
     overall["btok"] = {g: round(float(arr["btok"][..., i].mean()), 6) for i, g in enumerate(BTOK_GROUPS)}
+    overall["unmasked"]["query_first_token"] = round(float(arr["unmasked_first"].mean()), 6)
     overall["vision_fraction"] = round(float(arr["vision_fraction"].mean()), 6)
     if with_vision.any():
         overall["btok_with_vision"] = {g: round(float(arr["btok"][with_vision][..., i].mean()), 6)
@@ -175,6 +186,7 @@ def analyze_attention(model: BToksModel, samples: Sequence[GicSample], *, batch_
             "masked": "Condensation Mask (kv_mode compressed)",
             "unmasked": "plain causal mask over [X|B|T] (kv_mode full)",
             "vision_fraction": "fraction of X tokens that are vision tokens (uniform-attention baseline)",
+            "query_first_token": "unmasked target rows' share on the first X token alone (attention sink)",
             "averaging": "mean over a sample's valid rows, then over samples (and heads for summaries)",
         },
         "overall": overall,
@@ -238,6 +250,8 @@ def plot_summary(result: dict[str, Any], path: str | Path) -> Path:
     for g in TARGET_GROUPS:
         ax1.plot(layers, per["masked"][g], "-o", ms=3, color=colors[g], label=f"{g} (masked)")
         ax1.plot(layers, per["unmasked"][g], "--s", ms=3, color=colors[g], alpha=0.8, label=f"{g} (unmasked)")
+    ax1.plot(layers, per["unmasked"]["query_first_token"], ":", color=colors["query"], lw=1.2,
+             label="of which 1st query token (unmasked)")
     ax1.set_title("target tokens: solid = Condensation Mask, dashed = plain causal")
     ax1.set_ylabel("mean share of attention mass")
     ax1.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.14))

@@ -41,9 +41,10 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from btoks.backbones.base import IMAGE, VIDEO, Backbone, Segment
 
 MINI_NAME = "btoks-mini"
-DEFAULT_LAYERS = 12
+DEFAULT_LAYERS = 10
+DEFAULT_IMAGE_SIZE = 160
 DEFAULT_GRID = 3
-DEFAULT_VIDEO_FRAMES = 4
+DEFAULT_VIDEO_FRAMES = 3
 IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 
@@ -57,7 +58,7 @@ class BToksMiniConfig(PreTrainedConfig):
 
     text_config: dict | PreTrainedConfig | None = None
     vision_channels: int = 1280
-    image_size: int = 224
+    image_size: int = DEFAULT_IMAGE_SIZE
     image_grid: int = DEFAULT_GRID
     max_video_frames: int = DEFAULT_VIDEO_FRAMES
     image_token_id: int = -1
@@ -248,8 +249,8 @@ class MiniBackbone(Backbone):
         self.tokenizer.save_pretrained(directory)
 
 
-def load_mini(*, cache_dir: str | None = None, num_layers: int = DEFAULT_LAYERS, image_grid: int = DEFAULT_GRID,
-              max_video_frames: int = DEFAULT_VIDEO_FRAMES, dtype: Any = None,
+def load_mini(*, cache_dir: str | None = None, num_layers: int = DEFAULT_LAYERS, image_size: int = DEFAULT_IMAGE_SIZE,
+              image_grid: int = DEFAULT_GRID, max_video_frames: int = DEFAULT_VIDEO_FRAMES, dtype: Any = None,
               attn_implementation: str | None = "sdpa", seed: int = 0, **_: Any) -> MiniBackbone:
     """Compose ``btoks-mini`` from the offline SmolLM2 and EfficientNet weights (projector: seeded random init).
 
@@ -271,7 +272,7 @@ def load_mini(*, cache_dir: str | None = None, num_layers: int = DEFAULT_LAYERS,
     text_config.update(num_hidden_layers=num_layers, vocab_size=len(tokenizer))
     text_config.pop("architectures", None)
     config = BToksMiniConfig(
-        text_config=text_config, image_grid=image_grid, max_video_frames=max_video_frames,
+        text_config=text_config, image_size=image_size, image_grid=image_grid, max_video_frames=max_video_frames,
         image_token_id=ids["image"], video_token_id=ids["video"], vision_start_token_id=ids["start"],
         vision_end_token_id=ids["end"], bos_token_id=text.config.bos_token_id, eos_token_id=text.config.eos_token_id,
         pad_token_id=text.config.pad_token_id,

@@ -55,8 +55,8 @@ import importlib.util
 import json
 import re
 import shutil
+import sys
 import tempfile
-import time
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -1597,19 +1597,15 @@ def tree_digest(root: str | Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m btoks.data.mini_mmeb OUT [--seed 0] [--size quick|full] [--overwrite]``."""
+    """``python -m btoks.data.mini_mmeb OUT [--seed 0] [--size quick|full] [--overwrite]`` (= ``btoks data mini-mmeb``)."""
+    from btoks.data.cli import add_data_args, run_data
+
     parser = argparse.ArgumentParser(prog="python -m btoks.data.mini_mmeb", description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", choices=sorted(SIZES), default="quick")
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    manifest = build_mini_mmeb(args.out_dir, seed=args.seed, size=args.size, overwrite=args.overwrite)
-    n_eval = sum(d["num_queries"] for d in manifest["datasets"])
-    n_train = sum(t["num_rows"] for t in manifest["train"])
-    print(f"mini-MMEB ({args.size}, seed {args.seed}) -> {args.out_dir}: {len(manifest['datasets'])} eval sets, "
-          f"{n_eval} queries, {n_train} train rows in {time.perf_counter() - start:.1f} s")
+    add_data_args(parser)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and argv[0] != "mini-mmeb":
+        argv = ["mini-mmeb", "--out", *argv]  # the positional OUT form
+    run_data(parser.parse_args(argv))
 
 
 __all__ = ["SIZES", "SPECS", "DatasetSpec", "SizePreset", "build_mini_mmeb", "main", "tree_digest"]

@@ -6,7 +6,8 @@ import argparse
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML preset (see configs/), e.g. configs/qwen2vl-2b-btoks.yaml")
+    p.add_argument("config", help="YAML config (e.g. configs/qwen2vl-2b-btoks.yaml) or a shipped preset name "
+                   "(mini-quick, mini-full)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="override preset values with dotted keys, e.g. max_steps=100 btoks.num_btoks=8 "
                         "btoks.kv_mode=full lora=false")

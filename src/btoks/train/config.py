@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 import yaml
 
 from btoks.config import BToksConfig, check_ntp_side
+
+PRESETS = Path(__file__).resolve().parent.parent / "presets"
 
 
 @dataclass
@@ -66,6 +69,8 @@ class TrainConfig:
         if isinstance(self.btoks, dict):
             self.btoks = BToksConfig.from_dict(self.btoks)
         self.data = [DataSource(**d) if isinstance(d, dict) else d for d in self.data]
+        if not self.data and not self.examples and self.data_root:
+            self.data = manifest_sources(self.data_root)
         for name in ("max_steps", "batch_size", "log_every", "save_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
@@ -74,7 +79,8 @@ class TrainConfig:
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if not self.data and not self.examples:
-            raise ValueError("no training data: set `data` (datasets) or `examples` (a built-in example set)")
+            raise ValueError("no training data: set `data` (datasets), `data_root` (a folder whose manifest.json "
+                             "lists `train` sets, e.g. mini-MMEB) or `examples` (a built-in example set)")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -86,7 +92,8 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-        values = yaml.safe_load(Path(path).read_text()) or {}
+        """Read a YAML file, or a preset shipped with btoks by name (``mini-quick``, ``mini-full``)."""
+        values = yaml.safe_load(preset_path(path).read_text()) or {}
         for item in overrides or []:
             apply_override(values, item)
         return cls.from_dict(values)
@@ -95,12 +102,34 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def preset_path(path: str | Path) -> Path:
+    """``path`` itself if it exists, else ``btoks/presets/<path>.yaml``."""
+    if Path(path).exists():
+        return Path(path)
+    preset = PRESETS / f"{Path(path).stem}.yaml"
+    if preset.is_file():
+        return preset
+    names = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+    raise FileNotFoundError(f"no config file {str(path)!r} and no preset of that name (presets: {names})")
+
+
+def manifest_sources(data_root: str | Path) -> list[DataSource]:
+    """The ``train`` sets a benchmark folder's ``manifest.json`` lists (mini-MMEB writes one); [] if none."""
+    path = Path(data_root) / "manifest.json"
+    if not path.is_file():
+        return []
+    entries = json.loads(path.read_text()).get("train") or []
+    return [DataSource(name=e["name"], path=e["path"], weight=e.get("weight", 1.0),
+                       ntp_side=e.get("ntp_side", "positive")) for e in entries]
+
+
 FIELD_HELP = {
     "model": "backbone: hub name or path (Qwen2/2.5/3-VL, any causal LM), btoks-mini, or tiny:<family>",
     "output_dir": "checkpoints/, log.jsonl and the final model/",
     "btoks.*": "method settings: num_btoks, pooling (btoks|last|mean), temperature, gen_weight (λ), gen_steps, "
                "kv_mode (compressed|full), gic_impl (cache|mask), max_length, target_max_length",
-    "data": "list of {name, path, weight, ntp_side (positive|query|both|none)} MMEB-train sets under data_root",
+    "data": "list of {name, path, weight, ntp_side (positive|query|both|none)} MMEB-train sets under data_root; "
+            "empty: the `train` sets of data_root/manifest.json (mini-MMEB)",
     "examples": "built-in example sets instead of data (shapes,text)",
     "lora / lora_r / lora_alpha / lora_dropout / dora": "LoRA(+DoRA) on the LLM projections; false = full FT",
     "lr / weight_decay / warmup_steps / max_steps": "AdamW with linear warmup and decay",
