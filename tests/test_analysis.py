@@ -11,7 +11,7 @@ from PIL import Image
 
 from btoks import BToksConfig, BToksModel, Sample
 from btoks.analysis import attention as attention_mod
-from btoks.analysis.ablate import find_cell, make_cells, parse_grid
+from btoks.analysis.ablate import _config_hash, cell_config, find_cell, make_cells, parse_grid
 from btoks.analysis.attention import MaskLeakError, attention_shares
 from btoks.analysis.common import load_model
 from btoks.analysis.decode import banned_ids, decode_btoks, generate_ids
@@ -197,6 +197,10 @@ def test_grid_parsing_and_reference():
         find_cell(cells, "kv_mode=full")
     with pytest.raises(ValueError, match="matched"):
         parse_grid(["seed=1,2"])
+    # K = 0 has no BToks: its λ and mask settings do not change the training run, so it is trained once
+    lam = make_cells(parse_grid(["btoks.num_btoks=0,2", "btoks.gen_weight=0,5"]))
+    hashes = [_config_hash(cell_config(c, "configs/tiny.yaml", [], Path("out")).to_dict()) for c in lam]
+    assert hashes[0] == hashes[1] and len(set(hashes)) == 3
     with pytest.raises(ValueError, match="key=v1,v2"):
         parse_grid(["btoks.num_btoks"])
 

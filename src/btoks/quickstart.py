@@ -1,53 +1,156 @@
-"""``make quickstart``: train and evaluate the tiny smoke configuration on the built-in example sets.
+"""``make quickstart``: the whole btoks workflow on a real small MLLM, offline, on a CPU.
 
-This is the offline smoke run that works on any CPU in about a minute: a random-weight tiny Qwen2-VL is trained
-with BToks + GIC for a few steps on the in-memory ``shapes`` (image ↔ caption) and ``text`` sets, then image →
-caption retrieval (hit@1 over all captions) is measured before and after training. A random-weight model
-collapses at the paper's τ = 0.02, so this smoke run uses τ = 0.1 and lr 5e-4. The numbers say that the
-pipeline learns, not how good BToks are: for that, train a real backbone (configs/qwen2vl-2b-btoks.yaml).
+1. build mini-MMEB (real data shipped in PyPI packages, all 9 meta-tasks);
+2. train ``btoks-mini`` twice with identical data, steps and seed: BToks + GIC (K=4) and the last-token
+   baseline (K=0, no generative loss);
+3. evaluate both on mini-MMEB and compare them per meta-task, per modality and overall, with a paired
+   bootstrap over queries and a Wilcoxon test across datasets;
+4. index the test images with the trained model and run ``btoks search``.
+
+Every stage is resumable: re-running skips finished models and evaluations (``--fresh`` starts over).
+``--preset full`` trains longer on the full-size mini-MMEB for benchmark-quality numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-import torch
+from btoks.data.mini_mmeb import build_mini_mmeb
+from btoks.eval.compare import compare
+from btoks.eval.runner import evaluate
+from btoks.train.config import TrainConfig
 
-from btoks.data.examples import shapes
-from btoks.model import BToksModel
-from btoks.train import TrainConfig, Trainer
+BASELINE = ["btoks.num_btoks=0", "btoks.pooling=last", "btoks.gen_weight=0"]
 
 
-def image_to_caption_hit1(model: BToksModel) -> float:
-    pairs = list(shapes())
-    model.eval()
-    q = model.embed([p.query for p in pairs])
-    c = model.embed([p.positive for p in pairs])
-    hits = (q @ c.T).argmax(dim=1) == torch.arange(len(pairs))
-    return 100.0 * hits.float().mean().item()
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    label: str
+    overrides: tuple[str, ...]
+
+
+ARMS = (Arm("lasttoken", "last-token", tuple(BASELINE)), Arm("btoks", "BToks+GIC", ()))
+
+
+def _stage(title: str) -> float:
+    print(f"\n=== {title} " + "=" * max(0, 100 - len(title)), flush=True)
+    return time.perf_counter()
+
+
+def build_data(out: Path, size: str, seed: int) -> Path:
+    data = out / "data"
+    manifest = data / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text()).get("size") == size:
+        print(f"mini-MMEB ({size}) already built in {data}")
+        return data
+    m = build_mini_mmeb(data, seed=seed, size=size, overwrite=True)
+    n_eval = sum(d["num_queries"] for d in m["datasets"])
+    n_train = sum(t["num_rows"] for t in m["train"])
+    print(f"mini-MMEB ({size}): {len(m['datasets'])} eval sets, {n_eval} queries, {n_train} train rows -> {data}")
+    return data
+
+
+def train_arm(preset: str, arm: Arm, out: Path, data: Path, extra: list[str]) -> Path:
+    from btoks.train.trainer import Trainer
+
+    cfg = TrainConfig.from_yaml(preset, [*arm.overrides, f"output_dir={out / arm.name}", f"data_root={data}",
+                                         *extra])
+    model_dir = Path(cfg.output_dir) / "model"
+    if (model_dir / "btoks_config.json").is_file():
+        print(f"{arm.label}: trained model found in {model_dir}")
+        return model_dir
+    print(f"{arm.label}: {cfg.max_steps} steps, batch {cfg.batch_size}, K={cfg.btoks.num_btoks}, "
+          f"pooling={cfg.btoks.pooling}, λ={cfg.btoks.gen_weight}, seed {cfg.seed}")
+    Trainer(cfg).train()
+    return model_dir
+
+
+def first_losses(run: Path) -> tuple[float, float]:
+    """Contrastive loss at the first and last logged step (log.jsonl)."""
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    return rows[0]["contrastive"], rows[-1]["contrastive"]
+
+
+def search_example(model_dir: Path, data: Path, out: Path) -> None:
+    """Index the mini-MMEB test shape images with the BToks model and search them by caption, via the CLI
+    (with the instructions the t2i training set used)."""
+    from btoks.cli import main as btoks
+
+    images = data / "images" / "easyvqa" / "test"
+    index = out / "index"
+    commands = [["index", str(model_dir), str(images), "--out", str(index), "--no-progress",
+                 "--instruction", "<|image_1|> Represent the given image."],
+                ["search", str(index), "a blue circle", "-k", "3",
+                 "--instruction", "Find me an everyday image that matches the given caption:"]]
+    for argv in commands:
+        print("$ btoks " + " ".join(argv), flush=True)
+        code = btoks(argv)
+        if code:
+            raise RuntimeError(f"`btoks {' '.join(argv)}` failed with exit code {code}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m btoks.quickstart", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=60, help="training steps")
-    parser.add_argument("--out", default="runs/quickstart-tiny", help="output directory")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--preset", choices=("quick", "full"), default="quick",
+                        help="quick: mini-MMEB quick + presets/mini-quick.yaml (≤ 15 min on 2 CPU cores); "
+                             "full: mini-MMEB full + presets/mini-full.yaml (about an hour)")
+    parser.add_argument("--out", default=None, help="output folder (default runs/quickstart or runs/quickstart-full)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data build and of both training runs")
+    parser.add_argument("--fresh", action="store_true", help="delete --out first instead of resuming")
+    parser.add_argument("--no-search", action="store_true", help="skip the index/search example")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="TrainConfig overrides applied to both arms, e.g. max_steps=20")
     args = parser.parse_args(argv)
-    print("btoks quickstart (tiny smoke configuration: random-weight tiny Qwen2-VL, built-in example sets)")
-    cfg = TrainConfig(model="tiny:qwen2_vl", examples="shapes,text", output_dir=args.out, max_steps=args.steps,
-                      batch_size=8, grad_cache_chunk=4, lora=False, lr=5e-4, warmup_steps=5, log_every=10,
-                      save_every=args.steps, seed=args.seed, resume=False,
-                      btoks={"num_btoks": 4, "gen_weight": 1.0, "gen_steps": None, "max_length": 256, "temperature": 0.1,
-                             "target_max_length": 32})
-    trainer = Trainer(cfg)
-    before = image_to_caption_hit1(trainer.model)
-    started = time.time()
-    model = trainer.train()
-    after = image_to_caption_hit1(model)
-    print(f"\ntrained {args.steps} steps in {time.time() - started:.0f}s; model saved to {args.out}/model")
-    print(f"image→caption hit@1 over {len(shapes())} captions: before {before:.1f}  after {after:.1f}")
+    out = Path(args.out or ("runs/quickstart" if args.preset == "quick" else "runs/quickstart-full"))
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    preset = f"mini-{args.preset}"
+    extra = [f"seed={args.seed}", *args.overrides]
+    times: dict[str, float] = {}
+    started = time.perf_counter()
+
+    t = _stage("1/4 build mini-MMEB")
+    data = build_data(out, args.preset, args.seed)
+    times["data_s"] = time.perf_counter() - t
+
+    models = {}
+    for arm in ARMS:
+        t = _stage(f"2/4 train {arm.label}")
+        models[arm.name] = train_arm(preset, arm, out, data, extra)
+        times[f"train_{arm.name}_s"] = time.perf_counter() - t
+
+    for arm in ARMS:
+        t = _stage(f"3/4 evaluate {arm.label}")
+        evaluate(models[arm.name], data, out_dir=out / f"eval-{arm.name}", batch_size=32)
+        times[f"eval_{arm.name}_s"] = time.perf_counter() - t
+
+    res = compare(out / "eval-lasttoken", out / "eval-btoks", out / "compare",
+                  labels=(ARMS[0].label, ARMS[1].label), progress=False)
+    print("\n" + (out / "compare" / "compare.md").read_text())
+
+    if not args.no_search:
+        t = _stage("4/4 search with the trained BToks model")
+        search_example(models["btoks"], data, out)
+        times["search_s"] = time.perf_counter() - t
+
+    times["total_s"] = time.perf_counter() - started
+    summary: dict[str, Any] = {
+        "preset": args.preset, "seed": args.seed, "overrides": args.overrides, "wall_times_s": times,
+        "overall": res["overall"], "meta_tasks": res["meta_tasks"], "modalities": res["modalities"],
+        "contrastive_loss_first_last": {a.name: first_losses(out / a.name) for a in ARMS},
+    }
+    (out / "quickstart.json").write_text(json.dumps(summary, indent=1))
+    print(f"\nDone in {times['total_s'] / 60:.1f} min. Reports: {out}/eval-btoks/summary.md, "
+          f"{out}/eval-lasttoken/summary.md, {out}/compare/compare.{{md,png}}; timings in {out}/quickstart.json")
     return 0
 
 

@@ -15,7 +15,8 @@ Layout of ``OUT``::
     ablation.md/.json/.png
 
 A cell whose ``cell.json`` matches its resolved config is skipped on a re-run (resume); an interrupted cell
-resumes from its last training checkpoint and its cached evaluation.
+resumes from its last training checkpoint and its cached evaluation. Cells with identical training runs (K = 0
+with different λ or mask settings) are trained and evaluated once.
 """
 
 from __future__ import annotations
@@ -128,9 +129,12 @@ def find_cell(cells: Sequence[Cell], ref: str | None) -> Cell:
 
 
 def _config_hash(cfg_dict: dict[str, Any]) -> str:
-    """Hash of what makes a cell (not where it is written; not the fields the trainer fills in itself)."""
+    """Hash of what makes a cell's training run: not where it is written, not the fields the trainer fills in
+    itself, and for K = 0 not λ or the mask (last-token pooling has no BToks, so no generative loss)."""
     d = {k: v for k, v in cfg_dict.items() if k not in ("output_dir", "resume")}
     d["btoks"] = {k: v for k, v in (d.get("btoks") or {}).items() if k not in ("base_model", "backbone")}
+    if d["btoks"].get("num_btoks") == 0:
+        d["btoks"].update(gen_weight=0.0, gen_steps=None, kv_mode="compressed", gic_impl="cache")
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -145,15 +149,21 @@ def _last_losses(run_dir: Path) -> dict[str, float]:
     return {k: float(last[k]) for k in ("loss", "contrastive", "generative") if k in last}
 
 
+def cell_config(cell: Cell, config: str | Path, common: Sequence[str], out: Path) -> Any:
+    """The cell's resolved ``TrainConfig``: the preset, then ``--set`` overrides, then the cell's settings."""
+    from btoks.train.config import TrainConfig
+
+    return TrainConfig.from_yaml(config, [*common, *cell.overrides, f"output_dir={out / cell.name}"])
+
+
 def run_cell(cell: Cell, config: str | Path, common: Sequence[str], out: Path, eval_data: str | Path,
              datasets: Sequence[str] | None, *, batch_size: int = 16, progress: bool = True) -> dict[str, Any]:
     """Train (resuming), evaluate and record one cell; returns its ``cell.json`` record."""
     from btoks.eval.runner import evaluate
-    from btoks.train.config import TrainConfig
     from btoks.train.trainer import Trainer
 
     cell_dir = out / cell.name
-    cfg = TrainConfig.from_yaml(config, [*common, *cell.overrides, f"output_dir={cell_dir}"])
+    cfg = cell_config(cell, config, common, out)
     cfg_hash = _config_hash(cfg.to_dict())
     marker = cell_dir / CELL_FILE
     if marker.is_file():
@@ -214,9 +224,21 @@ def ablate(config: str | Path, grid: Sequence[str], eval_data: str | Path, out: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log(f"ablation grid: {len(cells)} cells, reference {ref.name}")
+    # cells whose training runs are identical (K = 0 ignores λ and the mask) are trained and evaluated once
+    runs: dict[str, Cell] = {}
+    runner: dict[str, Cell] = {}
+    for cell in cells:
+        runner[cell.name] = runs.setdefault(_config_hash(cell_config(cell, config, common, out).to_dict()), cell)
     records: dict[str, dict[str, Any]] = {}
     for i, cell in enumerate(cells, 1):
         log(f"[{i}/{len(cells)}] {cell.name}: {' '.join(cell.overrides)}")
+        first = runner[cell.name]
+        if first is not cell:
+            records[cell.name] = {**records[first.name], "cell": cell.name, "settings": cell.settings,
+                                  "overrides": cell.overrides, "same_as": first.name}
+            log(f"[{i}/{len(cells)}] {cell.name}: same training run as {first.name} (K=0 ignores λ and the "
+                "mask), reusing it")
+            continue
         rec = run_cell(cell, config, common, out, eval_data, datasets, batch_size=batch_size, progress=progress)
         records[cell.name] = rec
         state = "done already, skipped" if rec["skipped"] else f"trained {rec['train_s']:.0f}s, " \
@@ -228,7 +250,8 @@ def ablate(config: str | Path, grid: Sequence[str], eval_data: str | Path, out: 
     for cell in cells:
         if cell.name == ref.name:
             continue
-        res = compare(out / ref.name / "eval", out / cell.name / "eval", out / "compare" / cell.name,
+        res = compare(out / runner[ref.name].name / "eval", out / runner[cell.name].name / "eval",
+                      out / "compare" / cell.name,
                       n_resamples=n_resamples, seed=seed, labels=(ref.name, cell.name), progress=False)
         ov = res["overall"]
         tests[cell.name] = {
@@ -286,7 +309,8 @@ def ablation_markdown(res: dict[str, Any]) -> str:
             delta, ci, p = "-", "", ""
         fl = c.get("final_losses") or {}
         loss = f"{fl['contrastive']:.3f} / {fl.get('generative', 0.0):.3f}" if "contrastive" in fl else "-"
-        lines.append(f"| `{c['cell']}` | " + " | ".join(_yaml_value(c["settings"][a]) for a in axes)
+        same = f" (= `{c['same_as']}`)" if c.get("same_as") else ""
+        lines.append(f"| `{c['cell']}`{same} | " + " | ".join(_yaml_value(c["settings"][a]) for a in axes)
                      + f" | {_f(c['overall'])} | " + "".join(f"{_f(c['modalities'].get(m))} | " for m in mods)
                      + f"{delta} | {ci} | {p} | {loss} | {c['train_s']:.1f} |")
     names = list(dict.fromkeys(n for c in cells for n in c["datasets"]))

@@ -18,7 +18,7 @@ with this choice vs 21.0 keeping the first 12 and 3.0 for all 30; docs/results.m
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +54,7 @@ class BToksMiniConfig(PreTrainedConfig):
     """A decoder ``text_config`` plus the vision-token layout."""
 
     model_type = "btoks_mini"
-    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
+    sub_configs_defaults: ClassVar[dict[str, SubConfigSpec]] = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
 
     text_config: dict | PreTrainedConfig | None = None
     vision_channels: int = 1280
@@ -77,7 +77,7 @@ class BToksMiniPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
-    _no_split_modules = ["LlamaDecoderLayer"]
+    _no_split_modules: ClassVar[list[str]] = ["LlamaDecoderLayer"]
 
 
 class VisionTower(nn.Module):
@@ -155,7 +155,7 @@ class BToksMiniModel(BToksMiniPreTrainedModel):
 class BToksMiniForCausalLM(BToksMiniPreTrainedModel, GenerationMixin):
     """``BToksMiniModel`` plus the (tied) LM head."""
 
-    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tied_weights_keys: ClassVar[dict[str, str]] = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
 
     def __init__(self, config: BToksMiniConfig) -> None:
         super().__init__(config)

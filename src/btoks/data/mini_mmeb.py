@@ -143,7 +143,7 @@ SPECS: dict[str, DatasetSpec] = {
         DatasetSpec("mini-Moment", "video", "moment_retrieval",
                     "Given a video, find the clip that shows the following moment:",
                     "Understand the content of the provided video clip.", "query"),
-        DatasetSpec("mini-LeeNews-docs", "visdoc", "retrieval",
+        DatasetSpec("mini-LeeNews-docs", "visdoc", "visdoc",
                     "Find a document image that matches the given query:",
                     f"{IMG} Understand the content of the provided document image.", "query",
                     metric="ndcg@5", format="visdoc"),
@@ -1536,7 +1536,7 @@ def _write(ctx: Ctx, built: list[Built], seed: int, size: str) -> dict[str, Any]
         datasets.append({
             "name": s.name, "modality": s.modality, "meta_task": s.meta_task, "metric": s.metric,
             "query_instruction": s.query_instruction, "target_instruction": s.target_instruction,
-            "ntp_side": s.ntp_side, "format": s.format, "path": path, "num_queries": num,
+            "ntp_side": s.ntp_side, "format": s.format, "path": path, "media_root": ".", "num_queries": num,
         })
         if b.train_rows:
             train.append({

@@ -825,8 +825,10 @@ def read_visdoc(
 def read_eval(spec: Any, data_root: str | Path, **kwargs: Any) -> EvalLocal | EvalGlobal:
     """Read the evaluation data of a registry ``DatasetSpec`` (anything with ``name``, ``format``, ``path``,
     ``query_instruction``, ``target_instruction``): ``path`` is relative to ``data_root`` (default: the
-    dataset name) and is also the media root unless ``root=`` is given."""
+    dataset name) and is also the media root unless ``root=`` or the spec's ``media_root`` is given."""
     base = Path(data_root) / (getattr(spec, "path", None) or spec.name)
+    if getattr(spec, "media_root", None):
+        kwargs.setdefault("root", Path(data_root) / spec.media_root)
     fmt = getattr(spec, "format", "local")
     if fmt == "visdoc":
         return read_visdoc(base, dataset=spec.name, query_instruction=spec.query_instruction,

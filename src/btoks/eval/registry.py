@@ -50,6 +50,8 @@ class DatasetSpec:
     format: str = ""
     path: str | None = None
     group: str = ""
+    media_root: str | None = None
+    """Folder media paths are relative to (default: the dataset's own folder, as in MMEB-V2)."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -245,11 +247,15 @@ def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
+INFO_FIELDS = {"num_queries"}
+
+
 def load_manifest(path: str | Path, *, overwrite: bool = False) -> list[DatasetSpec]:
     """Register the datasets of a ``manifest.json`` (a list of objects, or ``{"datasets": [...]}``).
 
-    Each object has the :class:`DatasetSpec` fields (``format`` and ``path`` included). A relative ``path``
-    is resolved against the manifest's folder, so a data dir can be moved as a whole.
+    Each object has the :class:`DatasetSpec` fields (``format`` and ``path`` included) and may carry the
+    informational ``num_queries`` that mini-MMEB writes. A relative ``path`` is resolved against the
+    manifest's folder, so a data dir can be moved as a whole.
     """
     path = Path(path)
     if path.is_dir():
@@ -261,16 +267,17 @@ def load_manifest(path: str | Path, *, overwrite: bool = False) -> list[DatasetS
     allowed = {f.name for f in fields(DatasetSpec)}
     out = []
     for i, entry in enumerate(entries):
-        unknown = set(entry) - allowed
+        unknown = set(entry) - allowed - INFO_FIELDS
         if unknown:
             raise ValueError(f"{path}: dataset #{i} has unknown fields {sorted(unknown)} (allowed: {sorted(allowed)})")
-        entry = dict(entry)
+        entry = {k: v for k, v in entry.items() if k not in INFO_FIELDS}
         entry.setdefault("query_instruction", "")
         entry.setdefault("target_instruction", "")
         entry.setdefault("ntp_side", "none")
         try:
-            if entry.get("path") is not None and not Path(entry["path"]).is_absolute():
-                entry["path"] = str(path.parent / entry["path"])
+            for key in ("path", "media_root"):
+                if entry.get(key) is not None and not Path(entry[key]).is_absolute():
+                    entry[key] = str(path.parent.resolve() / entry[key])
             out.append(register(DatasetSpec(**entry), overwrite=overwrite))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: dataset #{i} ({entry.get('name', '?')}): {e}") from e

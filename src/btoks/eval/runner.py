@@ -138,7 +138,7 @@ class _LazyModel:
             if isinstance(self.src, str | os.PathLike):
                 from btoks.model import BToksModel
 
-                self._model = BToksModel.from_pretrained(self.src)
+                self._model = BToksModel.from_pretrained(self.src, merge=True)
             else:
                 self._model = self.src
             dev = self.device

@@ -326,7 +326,7 @@ def create_app(
         from btoks.model import BToksModel
 
         model_path = str(model)
-        model = BToksModel.from_pretrained(model)
+        model = BToksModel.from_pretrained(model, merge=True)
     name = model_name or _model_name(model, model_path)
     dim = int(encode(model, "warm-up", show_progress_bar=False).shape[0])  # also pays first-call costs now
     index: Index | None = None

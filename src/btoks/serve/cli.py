@@ -32,7 +32,7 @@ def _load_model(path: str, device: str | None) -> Any:
             f"error: {path} is not a btoks model folder (no btoks_config.json); "
             "give a folder written by save_pretrained"
         )
-    model = BToksModel.from_pretrained(path)
+    model = BToksModel.from_pretrained(path, merge=True)
     if device:
         model.to(device)
     return model.eval()

@@ -549,7 +549,7 @@ def build_index(
         from btoks.model import BToksModel
 
         model_path = model_path or str(Path(model).resolve())
-        model = BToksModel.from_pretrained(model)
+        model = BToksModel.from_pretrained(model, merge=True)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     roots = [Path(s).expanduser().resolve() for s in sources]

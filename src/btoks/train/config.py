@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import yaml
 
 from btoks.config import BToksConfig, check_ntp_side
 
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 PRESETS = Path(__file__).resolve().parent.parent / "presets"
 
 
@@ -66,6 +68,12 @@ class TrainConfig:
     resume: bool = True
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("float", "int") and isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+                setattr(self, f.name, value := float(value))  # YAML 1.1 reads "2e-3" as a string
+            if f.type in ("float", "int") and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise ValueError(f"{f.name} must be a number, got {value!r}")
         if isinstance(self.btoks, dict):
             self.btoks = BToksConfig.from_dict(self.btoks)
         self.data = [DataSource(**d) if isinstance(d, dict) else d for d in self.data]
