@@ -146,7 +146,7 @@ def _last_losses(run_dir: Path) -> dict[str, float]:
     if not lines:
         return {}
     last = json.loads(lines[-1])
-    return {k: float(last[k]) for k in ("loss", "contrastive", "generative") if k in last}
+    return {k: float(last[k]) for k in ("loss", "contrastive", "generative", "elapsed_s") if k in last}
 
 
 def cell_config(cell: Cell, config: str | Path, common: Sequence[str], out: Path) -> Any:
@@ -185,13 +185,15 @@ def run_cell(cell: Cell, config: str | Path, common: Sequence[str], out: Path, e
     t1 = time.perf_counter()
     summary = evaluate(model_dir, eval_data, datasets, out_dir=cell_dir / "eval", batch_size=batch_size,
                        progress=progress, log=None)
+    losses = _last_losses(cell_dir)
     record = {
         "schema": SCHEMA, "cell": cell.name, "settings": cell.settings, "overrides": cell.overrides,
         "config_hash": cfg_hash, "effective": {"num_btoks": cfg.btoks.num_btoks, "pooling": cfg.btoks.pooling,
                                                "kv_mode": cfg.btoks.kv_mode, "gen_weight": cfg.btoks.gen_weight,
                                                "gen_steps": cfg.btoks.gen_steps},
-        "train_s": round(train_s, 2), "eval_s": round(time.perf_counter() - t1, 2),
-        "final_losses": _last_losses(cell_dir),
+        # the trainer's own wall time (log.jsonl) also covers runs resumed or trained before this call
+        "train_s": round(losses.pop("elapsed_s", train_s), 2), "eval_s": round(time.perf_counter() - t1, 2),
+        "final_losses": losses,
         "overall": summary.get("overall"),
         "modalities": {m: v.get("score") for m, v in (summary.get("modalities") or {}).items()},
         "datasets": {n: v.get("score") for n, v in (summary.get("datasets") or {}).items()},
@@ -208,9 +210,6 @@ def ablate(config: str | Path, grid: Sequence[str], eval_data: str | Path, out: 
     """Run the grid (see the module docstring); returns the ``ablation.json`` dict."""
     from btoks.eval.compare import compare
 
-    config = Path(config)
-    if not config.is_file():
-        raise FileNotFoundError(f"config {config} not found")
     if not Path(eval_data).is_dir():
         raise FileNotFoundError(f"eval data {eval_data} not found")
     for item in common:
@@ -370,7 +369,8 @@ def ablation_plot(res: dict[str, Any], path: str | Path) -> Path:
 
 
 def add_ablate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML TrainConfig preset shared by every cell (see configs/)")
+    p.add_argument("config", help="YAML TrainConfig shared by every cell: a file, or a preset name shipped with "
+                                  "btoks (mini-quick, mini-full)")
     p.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
                    help='axes of the grid, dotted TrainConfig keys with comma-separated values, e.g. '
                         '"btoks.num_btoks=0,1,4 btoks.gen_weight=0,5" (cartesian product; K=0 is last-token '

@@ -10,6 +10,8 @@ target tokens of a sample and then over samples:
   "no mask" ablation). With the mask the query share must be exactly 0: checked on every batch.
 * BTok rows → the input's **text** tokens, its **vision** tokens (``backbone.vision_token_ids``) and the
   **btoks** (earlier BToks and itself). BTok rows see the same columns under both masks.
+* the share on single "sink" tokens, which decoder LMs park attention on: the first X token (unmasked target
+  rows, BTok rows) and the first target token (masked target rows, whose usual sink is masked away).
 
 ``vision_fraction`` (the share of X tokens that are vision tokens) is the vision share a BTok would have if it
 spread its X-attention uniformly: the baseline to read the BTok split against. Targets longer than
@@ -90,6 +92,7 @@ def attention_shares(model: BToksModel, samples: Sequence[Any]) -> dict[str, np.
     is_vis = is_x & torch.isin(ids, vision_ids)
     is_text = is_x & ~is_vis
     is_first = is_x & (is_x.long().cumsum(1) == 1)  # the first input token: the usual attention sink
+    is_t_first = is_t & (is_t.long().cumsum(1) == 1)  # the first target token: the sink once X is masked
     out: dict[str, list[torch.Tensor]] = defaultdict(list)
     leak = 0.0
     for mode, kv_mode in MODES.items():
@@ -104,6 +107,8 @@ def attention_shares(model: BToksModel, samples: Sequence[Any]) -> dict[str, np.
             out[mode].append(_shares(att, is_t, (is_x, is_b, is_t)))
             if mode == "unmasked":
                 out["unmasked_first"].append(_shares(att, is_t, (is_first,))[..., 0])
+            else:
+                out["masked_first"].append(_shares(att, is_t, (is_t_first,))[..., 0])
             if mode == "masked":
                 worst = float((att * is_t[:, None, :, None] * is_x[:, None, None, :]).max())
                 leak = max(leak, worst)
@@ -111,6 +116,7 @@ def attention_shares(model: BToksModel, samples: Sequence[Any]) -> dict[str, np.
                     raise MaskLeakError(f"target tokens attend to the query under the Condensation Mask "
                                         f"(max weight {worst:.3g}): the mask is not applied by this backbone")
                 out["btok"].append(_shares(att, is_b, (is_text, is_vis, is_b)))
+                out["btok_first"].append(_shares(att, is_b, (is_first,))[..., 0])
     result = {key: torch.stack(v, dim=1).cpu().numpy() for key, v in out.items()}
     result["vision_fraction"] = (is_vis.sum(1) / is_x.sum(1).clamp(min=1)).float().cpu().numpy()
     result["masked_query_max"] = np.float64(leak)
@@ -143,10 +149,14 @@ def analyze_attention(model: BToksModel, samples: Sequence[GicSample], *, batch_
                for mode in MODES}
     summary["btok"] = {g: arr["btok"][..., i].mean(axis=(0, 2)).round(6).tolist() for i, g in enumerate(BTOK_GROUPS)}
     summary["unmasked"]["query_first_token"] = arr["unmasked_first"].mean(axis=(0, 2)).round(6).tolist()
+    summary["masked"]["target_first_token"] = arr["masked_first"].mean(axis=(0, 2)).round(6).tolist()
+    summary["btok"]["first_token"] = arr["btok_first"].mean(axis=(0, 2)).round(6).tolist()
     with_vision = arr["vision_fraction"] > 0
     if with_vision.any():  # the text/vision split only means something for samples that have vision tokens
         summary["btok_with_vision"] = {g: arr["btok"][with_vision][..., i].mean(axis=(0, 2)).round(6).tolist()
                                        for i, g in enumerate(BTOK_GROUPS)}
+        summary["btok_with_vision"]["first_token"] = arr["btok_first"][with_vision].mean(axis=(0, 2)).round(
+            6).tolist()
     per_dataset: dict[str, Any] = {}
     name_arr = np.array(names)
     for ds in dict.fromkeys(names):
@@ -161,6 +171,8 @@ def analyze_attention(model: BToksModel, samples: Sequence[GicSample], *, batch_
                for mode in MODES}
     overall["btok"] = {g: round(float(arr["btok"][..., i].mean()), 6) for i, g in enumerate(BTOK_GROUPS)}
     overall["unmasked"]["query_first_token"] = round(float(arr["unmasked_first"].mean()), 6)
+    overall["masked"]["target_first_token"] = round(float(arr["masked_first"].mean()), 6)
+    overall["btok"]["first_token"] = round(float(arr["btok_first"].mean()), 6)
     overall["vision_fraction"] = round(float(arr["vision_fraction"].mean()), 6)
     if with_vision.any():
         overall["btok_with_vision"] = {g: round(float(arr["btok"][with_vision][..., i].mean()), 6)
@@ -187,6 +199,9 @@ def analyze_attention(model: BToksModel, samples: Sequence[GicSample], *, batch_
             "unmasked": "plain causal mask over [X|B|T] (kv_mode full)",
             "vision_fraction": "fraction of X tokens that are vision tokens (uniform-attention baseline)",
             "query_first_token": "unmasked target rows' share on the first X token alone (attention sink)",
+            "target_first_token": "masked target rows' share on the first target token alone (the sink once X "
+                                  "is masked)",
+            "first_token": "BTok rows' share on the first X token alone (part of 'text')",
             "averaging": "mean over a sample's valid rows, then over samples (and heads for summaries)",
         },
         "overall": overall,
@@ -252,6 +267,8 @@ def plot_summary(result: dict[str, Any], path: str | Path) -> Path:
         ax1.plot(layers, per["unmasked"][g], "--s", ms=3, color=colors[g], alpha=0.8, label=f"{g} (unmasked)")
     ax1.plot(layers, per["unmasked"]["query_first_token"], ":", color=colors["query"], lw=1.2,
              label="of which 1st query token (unmasked)")
+    ax1.plot(layers, per["masked"]["target_first_token"], ":", color=colors["target"], lw=1.2,
+             label="of which 1st target token (masked)")
     ax1.set_title("target tokens: solid = Condensation Mask, dashed = plain causal")
     ax1.set_ylabel("mean share of attention mass")
     ax1.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.14))
@@ -259,13 +276,14 @@ def plot_summary(result: dict[str, Any], path: str | Path) -> Path:
     btok = per["btok_with_vision"] if vision else per["btok"]
     for g in BTOK_GROUPS:
         ax2.plot(layers, btok[g], "-o", ms=3, color=colors[g], label=g)
+    ax2.plot(layers, btok["first_token"], ":", color=colors["text"], lw=1.2, label="of which 1st token")
     if vision:
         vf = result["overall"]["vision_fraction_with_vision"]
         ax2.axhline(vf, color=colors["vision"], ls=":", lw=1.2, label=f"vision tokens' share of X ({vf:.2f})")
         ax2.set_title(f"BTok tokens, the {result['n_samples_with_vision']} samples with vision tokens")
     else:
         ax2.set_title("BTok tokens (no sample has vision tokens)")
-    ax2.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.14))
+    ax2.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.14))
     for ax in (ax1, ax2):
         ax.set_xlabel("layer")
         ax.set_ylim(-0.02, 1.02)
