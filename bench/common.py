@@ -2,7 +2,8 @@
 
 Timing is *interleaved*: after one warm-up call of every arm, each round runs every arm once (rotating the order),
 so a burst of background load hits all arms of a round alike. A ratio's headline is the ratio of the arms'
-medians; its range is the min–max of the per-round (paired) ratios, which shows how noisy the machine was.
+medians; its range is the min–max of the per-round (paired) ratios, which shows how noisy the machine was;
+"best" is the ratio of each arm's fastest round, the least disturbed measurement on a shared machine.
 """
 
 from __future__ import annotations
@@ -79,17 +80,20 @@ def interleaved(arms: Mapping[str, Callable[[], Any]], repeats: int = DEFAULT_RE
 
 @dataclass
 class Ratio:
-    """``value`` = ratio of medians; ``lo``/``hi`` = min/max of the paired per-round ratios."""
+    """``value`` = ratio of medians; ``lo``/``hi`` = min/max of the paired per-round ratios; ``best`` = ratio
+    of the fastest rounds (on a shared machine the least-disturbed run of each arm: a second opinion)."""
 
     value: float
     lo: float
     hi: float
+    best: float
 
-    def cell(self, digits: int = 3) -> str:
-        return f"{self.value:.{digits}f} ({self.lo:.{digits}f}–{self.hi:.{digits}f})"
+    def cell(self, digits: int = 3, best: bool = False) -> str:
+        extra = f"; best {self.best:.{digits}f}" if best else ""
+        return f"{self.value:.{digits}f} ({self.lo:.{digits}f}–{self.hi:.{digits}f}{extra})"
 
     def to_dict(self) -> dict[str, float]:
-        return {"value": self.value, "lo": self.lo, "hi": self.hi}
+        return {"value": self.value, "lo": self.lo, "hi": self.hi, "best": self.best}
 
 
 def ratio(num: Sequence[float] | Timing, den: Sequence[float] | Timing) -> Ratio:
@@ -97,7 +101,7 @@ def ratio(num: Sequence[float] | Timing, den: Sequence[float] | Timing) -> Ratio
     a = num.samples if isinstance(num, Timing) else list(num)
     b = den.samples if isinstance(den, Timing) else list(den)
     paired = [x / y for x, y in zip(a, b, strict=True)]
-    return Ratio(statistics.median(a) / statistics.median(b), min(paired), max(paired))
+    return Ratio(statistics.median(a) / statistics.median(b), min(paired), max(paired), min(a) / min(b))
 
 
 def speedup(fast: Timing, slow: Timing) -> Ratio:
@@ -168,23 +172,25 @@ def emit(table: Table, save: str | None) -> None:
 # ---------------------------------------------------------------------------------------------------- CLI
 
 
-def base_parser(prog: str, description: str, *, model: bool = True) -> argparse.ArgumentParser:
+def base_parser(prog: str, description: str, *, model: bool = True,
+                default_repeats: int = DEFAULT_REPEATS) -> argparse.ArgumentParser:
     """Options every table takes (``run_all`` forwards ``--quick``, ``--model``, ``--repeats``, ``--save``)."""
     p = argparse.ArgumentParser(prog=f"python -m bench.{prog}", description=description)
+    p.set_defaults(default_repeats=default_repeats)
     if model:
         p.add_argument("--model", default="auto",
                        help="backbone: 'auto' (btoks-mini when it loads, else SmolLM2-135M), 'btoks-mini', "
                             "'smollm2', 'tiny:llama', or a path / hub name")
     p.add_argument("--quick", action="store_true", help="small sizes and 3 repeats (a smoke run, noisy)")
     p.add_argument("--repeats", type=int, default=None,
-                   help=f"timed rounds after warm-up (default {DEFAULT_REPEATS}; {QUICK_REPEATS} with --quick)")
+                   help=f"timed rounds after warm-up (default {default_repeats}; {QUICK_REPEATS} with --quick)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up calls per arm (default 1)")
     p.add_argument("--save", default=None, metavar="DIR", help="also write DIR/<table>.md and .json")
     return p
 
 
 def repeats_of(args: argparse.Namespace) -> int:
-    n = args.repeats or (QUICK_REPEATS if args.quick else DEFAULT_REPEATS)
+    n = args.repeats or (QUICK_REPEATS if args.quick else getattr(args, "default_repeats", DEFAULT_REPEATS))
     if n < 1:
         raise SystemExit("--repeats must be >= 1")
     return n
@@ -194,8 +200,11 @@ def quiet_libraries() -> None:
     """No HF hub access, no weight-loading progress bars or warnings between our own tqdm lines."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
     import transformers
 
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")  # deprecation chatter
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
 
@@ -302,7 +311,7 @@ def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "cpu": cpu, "cores": os.cpu_count(), "memory": mem, "python": platform.python_version(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "numpy": np.__version__,
-        "load_average_1_5_15": load_average(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"), "load_average_1_5_15": load_average(),
     }
     for mod in ("transformers", "faiss"):
         try:
@@ -315,4 +324,5 @@ def machine_info() -> dict[str, Any]:
 def machine_line() -> str:
     m = machine_info()
     return (f"{m['cpu']}, {m['cores']} cores, {m['memory']}; torch {m['torch']} ({m['torch_threads']} threads), "
-            f"transformers {m['transformers']}, faiss {m['faiss']}; load average {m['load_average_1_5_15']}")
+            f"OMP_WAIT_POLICY={m['omp_wait_policy']}, transformers {m['transformers']}, faiss {m['faiss']}; "
+            f"load average {m['load_average_1_5_15']}")

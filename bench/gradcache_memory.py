@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = base_parser(NAME, __doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=1, help="fresh subprocesses per configuration (default 1)")
     p.add_argument("--worker", nargs=2, type=int, metavar=("BATCH", "CHUNK"), help=argparse.SUPPRESS)
-    p.add_argument("--image-tokens", type=int, default=11, help="tokens one image costs (btoks-mini: 11)")
+    p.add_argument("--image-tokens", type=int, default=None, help="tokens one image costs (default: the model's)")
     p.add_argument("--target-tokens", type=int, default=24, help="caption length: positive text and GIC target")
     return p
 
@@ -76,7 +76,7 @@ def _trim_heap() -> None:
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """One configuration in this (fresh) process: baseline RSS, then peak RSS during one step."""
     from bench.common import load_bench_backbone
-    from bench.train_step import Kind, make_batch
+    from bench.train_step import Kind, image_tokens_of, make_batch
     from btoks.config import BToksConfig
     from btoks.model import BToksModel
     from btoks.train.step import compute_gradients
@@ -87,7 +87,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     model.apply_lora(r=16, alpha=32, dropout=0.0, dora=False)
     model.train()
     kind = Kind("captions", 1.0, 10, None, False, (args.target_tokens, args.target_tokens), "")
-    batch = make_batch(model, kind, batch_size, args.image_tokens, chunk_size=chunk or None)
+    image_tokens = args.image_tokens or image_tokens_of(backbone)
+    batch = make_batch(model, kind, batch_size, image_tokens, chunk_size=chunk or None)
     _trim_heap()
     base = _rss()
     exact = _reset_peak()
@@ -97,7 +98,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     peak = _hwm() if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"batch": batch_size, "chunk": chunk, "baseline": base, "peak": peak, "delta": peak - base,
             "seconds": seconds, "method": "VmHWM after clear_refs" if exact else "ru_maxrss", "model": model_name,
-            "chunks": {s: len(c) for s, c in batch.chunks.items()}}
+            "image_tokens": image_tokens, "chunks": {s: len(c) for s, c in batch.chunks.items()}}
 
 
 # ---------------------------------------------------------------------------------------------------- parent
@@ -105,7 +106,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_worker(args: argparse.Namespace, batch: int, chunk: int | None) -> dict[str, Any]:
     cmd = [sys.executable, "-m", f"bench.{NAME}", "--worker", str(batch), str(chunk or 0), "--model", args.model,
-           "--image-tokens", str(args.image_tokens), "--target-tokens", str(args.target_tokens)]
+           "--target-tokens", str(args.target_tokens)]
+    if args.image_tokens:
+        cmd += ["--image-tokens", str(args.image_tokens)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -141,7 +144,7 @@ def run(args: argparse.Namespace) -> Table:
          "step time", "time per pair", "goal"],
         rows,
         [f"model: {first['model']}, LoRA r16 (mini recipe), K=4, GIC on; each pair = query (1 image = "
-         f"{args.image_tokens} tokens + 10 text tokens) and a {args.target_tokens}-token caption that is also the "
+         f"{first['image_tokens']} tokens + 10 text tokens) and a {args.target_tokens}-token caption that is also the "
          f"query's GIC target.",
          f"peak = `{first['method']}` in a fresh subprocess per configuration, minus the RSS just before the step "
          f"(after model load, LoRA and tokenisation, `gc.collect()` + `malloc_trim`); {args.runs} run(s) per "

@@ -33,14 +33,14 @@ NAME = "search"
 DIM, K = 576, 10
 SIZES = (100_000, 1_000_000)
 QUICK_SIZES = (20_000, 100_000)
-HNSW_M, EF_CONSTRUCTION, EF_SEARCH = 16, 32, (64, 256)
+HNSW_M, EF_CONSTRUCTION, EF_SEARCH = 8, 16, (64, 256)
 CHUNK = 50_000
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = base_parser(NAME, __doc__.splitlines()[0], model=False)
     p.add_argument("--sizes", type=int, nargs="+", default=None, help=f"database sizes (default {SIZES})")
-    p.add_argument("--queries", type=int, default=None, help="queries per timed call (default 256, quick 64)")
+    p.add_argument("--queries", type=int, default=256, help="queries per timed call (default 256)")
     p.add_argument("--hnsw-m", type=int, default=HNSW_M, help=f"HNSW links per node (default {HNSW_M})")
     p.add_argument("--ef-construction", type=int, default=EF_CONSTRUCTION,
                    help=f"HNSW build beam (default {EF_CONSTRUCTION})")
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> Table:
     import faiss
 
     sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
-    nq = args.queries or (64 if args.quick else 256)
+    nq = args.queries
     repeats = repeats_of(args)
     rows, data = [], {}
     for n in sizes:
