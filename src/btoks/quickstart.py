@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from btoks.data.mini_mmeb import build_mini_mmeb
+from btoks.data.mini_mmeb import build_mini_mmeb, describe
 from btoks.eval.compare import compare
 from btoks.eval.runner import evaluate
 from btoks.train.config import TrainConfig
@@ -51,9 +51,7 @@ def build_data(out: Path, size: str, seed: int) -> Path:
         print(f"mini-MMEB ({size}) already built in {data}")
         return data
     m = build_mini_mmeb(data, seed=seed, size=size, overwrite=True)
-    n_eval = sum(d["num_queries"] for d in m["datasets"])
-    n_train = sum(t["num_rows"] for t in m["train"])
-    print(f"mini-MMEB ({size}): {len(m['datasets'])} eval sets, {n_eval} queries, {n_train} train rows -> {data}")
+    print(f"mini-MMEB ({size}): {describe(m)} -> {data}")
     return data
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from btoks.data.mini_mmeb import SIZES, build_mini_mmeb
+from btoks.data.mini_mmeb import SIZES, build_mini_mmeb, describe
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -25,8 +25,6 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 def run_data(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     manifest = build_mini_mmeb(args.out, seed=args.seed, size=args.size, overwrite=args.overwrite)
-    n_eval = sum(d["num_queries"] for d in manifest["datasets"])
-    n_train = sum(t["num_rows"] for t in manifest["train"])
-    print(f"mini-MMEB ({args.size}, seed {args.seed}) -> {args.out}: {len(manifest['datasets'])} eval sets, "
-          f"{n_eval} queries, {n_train} train rows in {time.perf_counter() - start:.1f} s")
+    print(f"mini-MMEB ({args.size}, seed {args.seed}) -> {args.out}: {describe(manifest)} "
+          f"in {time.perf_counter() - start:.1f} s")
     return 0

@@ -1586,6 +1586,13 @@ def build_mini_mmeb(
     return manifest
 
 
+def describe(manifest: dict[str, Any]) -> str:
+    """One line for people: set, query and training-row counts of a build."""
+    n_eval = sum(d["num_queries"] for d in manifest["datasets"])
+    n_train = sum(t["num_rows"] for t in manifest["train"])
+    return f"{len(manifest['datasets'])} eval sets, {n_eval} queries, {n_train} train rows"
+
+
 def tree_digest(root: str | Path) -> str:
     """SHA-256 over every file's relative path and bytes: equal digests mean byte-identical builds."""
     root = Path(root)
@@ -1608,7 +1615,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     run_data(parser.parse_args(argv))
 
 
-__all__ = ["SIZES", "SPECS", "DatasetSpec", "SizePreset", "build_mini_mmeb", "main", "tree_digest"]
+__all__ = ["SIZES", "SPECS", "DatasetSpec", "SizePreset", "build_mini_mmeb", "describe", "main", "tree_digest"]
 
 
 if __name__ == "__main__":
