@@ -169,6 +169,18 @@ def emit(table: Table, save: str | None) -> None:
                                                 encoding="utf-8")
 
 
+def script_main(build_parser: Callable[[], argparse.ArgumentParser],
+                run: Callable[[argparse.Namespace], Table]) -> Callable[[list[str] | None], int]:
+    """The ``main(argv)`` of a one-table benchmark script: parse, run, print (and save) the table."""
+
+    def main(argv: list[str] | None = None) -> int:
+        args = build_parser().parse_args(argv)
+        emit(run(args), args.save)
+        return 0
+
+    return main
+
+
 # ---------------------------------------------------------------------------------------------------- CLI
 
 

@@ -15,13 +15,13 @@ from bench.common import (
     Table,
     base_parser,
     describe_backbone,
-    emit,
     exact_texts,
     goal_cell,
     interleaved,
     load_average,
     load_bench_backbone,
     repeats_of,
+    script_main,
     speedup,
 )
 
@@ -87,10 +87,7 @@ def run(args: argparse.Namespace) -> Table:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    emit(run(args), args.save)
-    return 0
+main = script_main(build_parser, run)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,11 @@ from typing import Any
 from bench.common import (
     Table,
     base_parser,
-    emit,
     interleaved,
     load_average,
     load_bench_backbone,
     repeats_of,
+    script_main,
     speedup,
 )
 
@@ -140,10 +140,7 @@ def run(args: argparse.Namespace) -> Table:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    emit(run(args), args.save)
-    return 0
+main = script_main(build_parser, run)
 
 
 if __name__ == "__main__":

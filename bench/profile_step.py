@@ -21,7 +21,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bench.common import Table, base_parser, describe_backbone, emit, load_average, load_bench_backbone
+from bench.common import (
+    Table,
+    base_parser,
+    describe_backbone,
+    emit,
+    load_average,
+    load_bench_backbone,
+    script_main,
+)
 
 NAME = "profile_step"
 LENGTHS = (32, 64, 256, 1024)
@@ -192,10 +200,7 @@ def run(args: argparse.Namespace) -> Table:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    emit(run(args), args.save)
-    return 0
+main = script_main(build_parser, run)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ from tqdm.auto import tqdm
 from bench.common import (
     Table,
     base_parser,
-    emit,
     fmt_seconds,
     interleaved,
     load_average,
     repeats_of,
+    script_main,
     speedup,
 )
 
@@ -153,10 +153,7 @@ def run(args: argparse.Namespace) -> Table:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    emit(run(args), args.save)
-    return 0
+main = script_main(build_parser, run)
 
 
 if __name__ == "__main__":

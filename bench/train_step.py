@@ -30,7 +30,6 @@ from bench.common import (
     Timing,
     base_parser,
     describe_backbone,
-    emit,
     exact_texts,
     fmt_seconds,
     goal_cell,
@@ -39,6 +38,7 @@ from bench.common import (
     load_bench_backbone,
     ratio,
     repeats_of,
+    script_main,
 )
 
 NAME = "train_step"
@@ -193,10 +193,7 @@ def run(args: argparse.Namespace) -> Table:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    emit(run(args), args.save)
-    return 0
+main = script_main(build_parser, run)
 
 
 if __name__ == "__main__":

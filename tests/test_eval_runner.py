@@ -297,6 +297,18 @@ def test_on_error(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPa
     registry.unregister("bad-img")
 
 
+
+def test_all_rows_skipped_is_an_error(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skipping every row must not yield a NaN score that silently drags down the averages."""
+    data = _bad_data(tmp_path / "data", "garbage")
+    for png in (data / "bad" / "images").glob("*.png"):
+        png.write_bytes(b"not a png at all")
+    monkeypatch.setattr(runner, "encode", onehot_encode)
+    with pytest.raises(ValueError, match=rf"'bad-img'.*no query left to score \(skipped corrupt_image: {N}\)"):
+        runner.evaluate(tiny_model, data, out_dir=tmp_path / "r", on_error="skip", progress=False, log=None)
+    assert not (tmp_path / "r" / "bad-img.json").exists()
+    registry.unregister("bad-img")
+
 def test_discover_published_layout(tmp_path: Path) -> None:
     """Without a manifest, registry datasets are found by folder (or table file) name, aliases included."""
     data = tmp_path / "mmeb"

@@ -129,3 +129,24 @@ def test_two_process_training_with_accelerate(tmp_path):
     assert [r["step"] for r in logs] == [1, 2, 3]
     assert all(r["candidates"] == 8 for r in logs)  # 2 processes × 4 pairs
     assert (tmp_path / "run" / "model" / "btoks_config.json").is_file()
+
+
+def test_media_settings_reach_reader_and_backbone(tmp_path):
+    """``video_frames`` sets how many frames training videos are sampled to, ``image_max_pixels`` the
+    dynamic-resolution budget of the Qwen-VL image processor."""
+    from PIL import Image
+
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    for k in range(12):
+        Image.new("RGB", (32, 32), (20 * k, 0, 0)).save(clip / f"{k:03d}.png")
+    rows = [{"qry": "<|video_pad|> what changes?", "qry_video_path": "clip", "pos_text": f"red level {k}"}
+            for k in range(2)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = _cfg(tmp_path / "run", model="tiny:qwen2_vl", examples=None, data=[{"name": "v", "path": "train.jsonl"}],
+               data_root=str(tmp_path), video_frames=5, image_max_pixels=56 * 56 * 4, batch_size=2)
+    trainer = Trainer(cfg)
+    assert len(trainer.data[0].query.video) == 5
+    assert trainer.model.backbone.image_processor.size["longest_edge"] == 56 * 56 * 4
+    with pytest.raises(ValueError, match="video_frames must be >= 1"):
+        _cfg(tmp_path, video_frames=0)

@@ -61,22 +61,25 @@ def info_nce(
 
 
 def generative_loss(logits: torch.Tensor, labels: torch.Tensor, batch_size: int | None = None,
-                    reduction: str = "mean") -> torch.Tensor:
-    """Mean next-token cross-entropy over labelled target tokens, scaled by (samples with a target ÷ batch).
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token cross-entropy over labelled target tokens as ``(mean, sum)`` from one CE evaluation.
 
     ``logits`` (n, T, V) are the outputs at target positions, ``labels`` (n, T) the target ids with -100 where
-    no loss applies (wrapping prefix, padding). ``batch_size`` is the full batch the n targets came from.
-    ``reduction="sum"`` returns the unscaled token sum, so GradCache chunks can be normalised by batch totals.
+    no loss applies (wrapping prefix, padding). ``batch_size`` is the full batch the n targets came from: the
+    mean is scaled by (samples with a target ÷ batch) as design §1 states. The unscaled token sum lets
+    GradCache chunks be normalised by batch totals. The CE over the vocabulary is the costly part of GIC's
+    extra work, so it is computed once and the mean derived from the sum.
     """
     n = labels.shape[0]
     if n == 0:
-        return logits.sum() * 0.0
-    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+        zero = logits.sum() * 0.0
+        return zero, zero
     shift_labels = labels[:, 1:].reshape(-1)
-    if reduction == "sum":
-        return F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
-    loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
-    return loss * (n / (batch_size or n))
+    total = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), shift_labels,
+                            ignore_index=-100, reduction="sum")
+    mean = total / (shift_labels != -100).sum()  # 0/0 = NaN with no labelled token, as F.cross_entropy's mean
+    return mean * (n / (batch_size or n)), total
+
 
 
 def count_target_tokens(labels: torch.Tensor) -> int:

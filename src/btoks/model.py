@@ -264,8 +264,7 @@ class BToksModel(nn.Module):
 
     @staticmethod
     def _with_gen_loss(emb: torch.Tensor, logits: torch.Tensor, targets: TargetBatch, n: int) -> EncodeOutput:
-        return EncodeOutput(emb, generative_loss(logits, targets.labels, n),
-                            generative_loss(logits, targets.labels, reduction="sum"), logits)
+        return EncodeOutput(emb, *generative_loss(logits, targets.labels, n), logits)
 
     # ---- convenience -----------------------------------------------------------------------------------------
     @torch.no_grad()

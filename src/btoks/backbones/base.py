@@ -108,6 +108,10 @@ class Backbone:
         return eos[0] if isinstance(eos, list | tuple) else eos
 
     # ---- media hooks (override in multimodal families) -------------------------------------------------------
+    def set_pixel_budget(self, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
+        """Bound the pixels an image is resized to (dynamic-resolution families); fixed-resolution and
+        text-only backbones have no budget to set, so this default does nothing."""
+
     def image_segments(self, images: list[Image.Image]) -> tuple[list[list[Segment]], dict[str, torch.Tensor]]:
         """Token segments per image (placeholders plus any wrapping tokens) and the model kwargs they need."""
         raise ValueError(f"{self.family} backbone '{self.model.config.model_type}' cannot take images")

@@ -294,6 +294,10 @@ def evaluate_dataset(spec: DatasetSpec, data_dir: str | Path, model: _LazyModel,
         query_ids = [data.query_ids[i] for i in keep]
     else:  # pragma: no cover
         raise TypeError(f"unexpected reader output {type(data).__name__}")
+    if not query_ids:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "no rows"
+        first = f"; first: {data.skipped.examples[0]}" if data.skipped.examples else ""
+        raise ValueError(f"dataset {spec.name!r} in {data_dir}: no query left to score (skipped {reasons}){first}")
     result = DatasetResult.from_metrics(
         spec, per_query, skipped=dict(sorted(skipped.items())), wall_time_s=time.perf_counter() - t0,
         query_ids=query_ids,

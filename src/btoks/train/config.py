@@ -79,7 +79,7 @@ class TrainConfig:
         self.data = [DataSource(**d) if isinstance(d, dict) else d for d in self.data]
         if not self.data and not self.examples and self.data_root:
             self.data = manifest_sources(self.data_root)
-        for name in ("max_steps", "batch_size", "log_every", "save_every"):
+        for name in ("max_steps", "batch_size", "log_every", "save_every", "video_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.grad_cache_chunk is not None and self.grad_cache_chunk < 1:
@@ -147,6 +147,8 @@ FIELD_HELP = {
     "gradient_checkpointing": "recompute activations (uses the explicit-mask GIC path)",
     "hard_negatives": "add each row's neg_text/neg_image as an extra candidate",
     "seed / dtype / attn_implementation": "reproducibility, float32|bfloat16|float16, sdpa|eager",
+    "image_max_pixels": "largest image area after resizing (Qwen-VL dynamic resolution; btoks-mini is fixed)",
+    "video_frames": "frames sampled uniformly per training video (btoks-mini uses at most 3 of them)",
     "log_every / save_every / keep_checkpoints / resume": "logging and atomic checkpoints; resume is exact",
 }
 

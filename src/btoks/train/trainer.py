@@ -22,6 +22,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from btoks.data.media import MediaConfig
 from btoks.data.readers import ConcatTrainSets, TrainPair, read_train
 from btoks.model import BToksModel
 from btoks.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -41,7 +42,7 @@ def load_train_sets(cfg: TrainConfig) -> list[Sequence[TrainPair]]:
     for src in cfg.data:
         path = Path(cfg.data_root or ".", src.path) if src.path else Path(cfg.data_root or ".", src.name)
         sets.append(read_train(path, dataset=src.name, root=src.image_root or cfg.data_root,
-                               ntp_side=src.ntp_side))
+                               media=MediaConfig(num_frames=cfg.video_frames), ntp_side=src.ntp_side))
     return sets
 
 
@@ -58,6 +59,7 @@ class Trainer:
                                              attn_implementation=cfg.attn_implementation)
             if cfg.lora:
                 model.apply_lora(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.dora)
+        model.backbone.set_pixel_budget(max_pixels=cfg.image_max_pixels)
         if cfg.gradient_checkpointing:
             model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if not cfg.lora or model.peft_model is None:
