@@ -297,7 +297,6 @@ def test_on_error(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPa
     registry.unregister("bad-img")
 
 
-
 def test_all_rows_skipped_is_an_error(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Skipping every row must not yield a NaN score that silently drags down the averages."""
     data = _bad_data(tmp_path / "data", "garbage")
@@ -308,6 +307,7 @@ def test_all_rows_skipped_is_an_error(tmp_path: Path, tiny_model: Path, monkeypa
         runner.evaluate(tiny_model, data, out_dir=tmp_path / "r", on_error="skip", progress=False, log=None)
     assert not (tmp_path / "r" / "bad-img.json").exists()
     registry.unregister("bad-img")
+
 
 def test_discover_published_layout(tmp_path: Path) -> None:
     """Without a manifest, registry datasets are found by folder (or table file) name, aliases included."""

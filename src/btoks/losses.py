@@ -60,8 +60,9 @@ def info_nce(
     return loss
 
 
-def generative_loss(logits: torch.Tensor, labels: torch.Tensor, batch_size: int | None = None,
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def generative_loss(
+    logits: torch.Tensor, labels: torch.Tensor, batch_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Next-token cross-entropy over labelled target tokens as ``(mean, sum)`` from one CE evaluation.
 
     ``logits`` (n, T, V) are the outputs at target positions, ``labels`` (n, T) the target ids with -100 where
@@ -79,7 +80,6 @@ def generative_loss(logits: torch.Tensor, labels: torch.Tensor, batch_size: int 
                             ignore_index=-100, reduction="sum")
     mean = total / (shift_labels != -100).sum()  # 0/0 = NaN with no labelled token, as F.cross_entropy's mean
     return mean * (n / (batch_size or n)), total
-
 
 
 def count_target_tokens(labels: torch.Tensor) -> int:
