@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,9 +123,36 @@ def attention_shares(model: BToksModel, samples: Sequence[Any]) -> dict[str, np.
     return result
 
 
+def _groups(a: np.ndarray, groups: Sequence[str], reduce: Callable[[np.ndarray], Any]) -> dict[str, Any]:
+    """``{group: reduce(share)}`` over the last axis of ``a`` (one column per group)."""
+    return {g: reduce(a[..., i]) for i, g in enumerate(groups)}
+
+
 def _group_dict(arr: np.ndarray, groups: Sequence[str]) -> dict[str, list]:
     """``(layers, heads, G)`` → ``{group: [[per head] per layer]}`` (JSON-able, rounded)."""
-    return {g: np.round(arr[..., i], 6).tolist() for i, g in enumerate(groups)}
+    return _groups(arr, groups, lambda a: np.round(a, 6).tolist())
+
+
+def _per_layer(a: np.ndarray) -> list[float]:
+    """Mean over samples and heads of a ``(samples, layers, heads)`` share: one value per layer."""
+    return a.mean(axis=(0, 2)).round(6).tolist()
+
+
+def _scalar(a: np.ndarray) -> float:
+    return round(float(a.mean()), 6)
+
+
+def _aggregate(arr: dict[str, np.ndarray], reduce: Callable[[np.ndarray], Any], sel: Any = slice(None), *,
+               sinks: bool = False) -> dict[str, Any]:
+    """Target shares per mask mode and BTok shares of the samples ``sel``, reduced by ``reduce``; with
+    ``sinks`` also the single-token (attention sink) shares."""
+    out: dict[str, Any] = {mode: _groups(arr[mode][sel], TARGET_GROUPS, reduce) for mode in MODES}
+    out["btok"] = _groups(arr["btok"][sel], BTOK_GROUPS, reduce)
+    if sinks:
+        out["unmasked"]["query_first_token"] = reduce(arr["unmasked_first"][sel])
+        out["masked"]["target_first_token"] = reduce(arr["masked_first"][sel])
+        out["btok"]["first_token"] = reduce(arr["btok_first"][sel])
+    return out
 
 
 def analyze_attention(model: BToksModel, samples: Sequence[GicSample], *, batch_size: int = 4,
@@ -145,39 +172,22 @@ def analyze_attention(model: BToksModel, samples: Sequence[GicSample], *, batch_
         names += [g.dataset for g in batch]
     arr = {key: np.concatenate(v) for key, v in parts.items()}
     n, layers, heads, _ = arr["masked"].shape
-    summary = {mode: {g: arr[mode][..., i].mean(axis=(0, 2)).round(6).tolist() for i, g in enumerate(TARGET_GROUPS)}
-               for mode in MODES}
-    summary["btok"] = {g: arr["btok"][..., i].mean(axis=(0, 2)).round(6).tolist() for i, g in enumerate(BTOK_GROUPS)}
-    summary["unmasked"]["query_first_token"] = arr["unmasked_first"].mean(axis=(0, 2)).round(6).tolist()
-    summary["masked"]["target_first_token"] = arr["masked_first"].mean(axis=(0, 2)).round(6).tolist()
-    summary["btok"]["first_token"] = arr["btok_first"].mean(axis=(0, 2)).round(6).tolist()
     with_vision = arr["vision_fraction"] > 0
+    summary = _aggregate(arr, _per_layer, sinks=True)
     if with_vision.any():  # the text/vision split only means something for samples that have vision tokens
-        summary["btok_with_vision"] = {g: arr["btok"][with_vision][..., i].mean(axis=(0, 2)).round(6).tolist()
-                                       for i, g in enumerate(BTOK_GROUPS)}
-        summary["btok_with_vision"]["first_token"] = arr["btok_first"][with_vision].mean(axis=(0, 2)).round(
-            6).tolist()
+        summary["btok_with_vision"] = _groups(arr["btok"][with_vision], BTOK_GROUPS, _per_layer)
+        summary["btok_with_vision"]["first_token"] = _per_layer(arr["btok_first"][with_vision])
     per_dataset: dict[str, Any] = {}
     name_arr = np.array(names)
     for ds in dict.fromkeys(names):
         sel = name_arr == ds
-        entry: dict[str, Any] = {"n_samples": int(sel.sum())}
-        for mode in MODES:
-            entry[mode] = {g: round(float(arr[mode][sel][..., i].mean()), 6) for i, g in enumerate(TARGET_GROUPS)}
-        entry["btok"] = {g: round(float(arr["btok"][sel][..., i].mean()), 6) for i, g in enumerate(BTOK_GROUPS)}
-        entry["vision_fraction"] = round(float(arr["vision_fraction"][sel].mean()), 6)
-        per_dataset[ds] = entry
-    overall = {mode: {g: round(float(arr[mode][..., i].mean()), 6) for i, g in enumerate(TARGET_GROUPS)}
-               for mode in MODES}
-    overall["btok"] = {g: round(float(arr["btok"][..., i].mean()), 6) for i, g in enumerate(BTOK_GROUPS)}
-    overall["unmasked"]["query_first_token"] = round(float(arr["unmasked_first"].mean()), 6)
-    overall["masked"]["target_first_token"] = round(float(arr["masked_first"].mean()), 6)
-    overall["btok"]["first_token"] = round(float(arr["btok_first"].mean()), 6)
-    overall["vision_fraction"] = round(float(arr["vision_fraction"].mean()), 6)
+        per_dataset[ds] = {"n_samples": int(sel.sum()), **_aggregate(arr, _scalar, sel),
+                           "vision_fraction": _scalar(arr["vision_fraction"][sel])}
+    overall = _aggregate(arr, _scalar, sinks=True)
+    overall["vision_fraction"] = _scalar(arr["vision_fraction"])
     if with_vision.any():
-        overall["btok_with_vision"] = {g: round(float(arr["btok"][with_vision][..., i].mean()), 6)
-                                       for i, g in enumerate(BTOK_GROUPS)}
-        overall["vision_fraction_with_vision"] = round(float(arr["vision_fraction"][with_vision].mean()), 6)
+        overall["btok_with_vision"] = _groups(arr["btok"][with_vision], BTOK_GROUPS, _scalar)
+        overall["vision_fraction_with_vision"] = _scalar(arr["vision_fraction"][with_vision])
     per_layer_head = {mode: _group_dict(arr[mode].mean(0), TARGET_GROUPS) for mode in MODES}
     per_layer_head["btok"] = _group_dict(arr["btok"].mean(0), BTOK_GROUPS)
     if with_vision.any():
