@@ -15,10 +15,10 @@ from btoks.analysis.ablate import _config_hash, cell_config, find_cell, make_cel
 from btoks.analysis.attention import MaskLeakError, attention_shares
 from btoks.analysis.common import load_model
 from btoks.analysis.decode import banned_ids, decode_btoks, generate_ids
+from btoks.backbones.tiny import tiny_backbone
 from btoks.cli import main
 from btoks.eval import registry
 from btoks.model import TargetBatch
-from btoks.tiny import tiny_backbone
 
 QUERY, BTOKS, TARGET = 0, 1, 2
 TEXT, VISION = 0, 1
