@@ -166,7 +166,14 @@ def test_paths_cannot_escape_root(tmp_path: Path) -> None:
     with pytest.raises(MediaError):
         resolve_path("sub/../../secret.png", root)
     assert resolve_path("sub/../x.png", root) == (root / "x.png").resolve()
-    assert resolve_path(tmp_path / "secret.png", root) == tmp_path / "secret.png"  # absolute: as given
+    with pytest.raises(MediaError, match="absolute path outside") as e:  # a table row naming any file
+        load_image(str(tmp_path / "secret.png"), root)
+    assert e.value.reason == PATH_ESCAPE
+    png(root / "inside.png")
+    assert resolve_path(root / "inside.png", root) == (root / "inside.png").resolve()  # absolute, inside: fine
+    (root / "link.png").symlink_to(tmp_path / "secret.png")
+    with pytest.raises(MediaError, match="escapes"):
+        load_image("link.png", root)
 
 
 def test_uniform_indices_and_natural_sort() -> None:

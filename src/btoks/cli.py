@@ -8,6 +8,8 @@ import logging
 import sys
 from collections.abc import Callable
 
+from btoks.errors import USER_ERRORS
+
 # (name, module, add_args function, run function, one-line help) — modules are imported lazily so `--help` is fast
 # and a missing optional dependency only breaks its own subcommand.
 COMMANDS: list[tuple[str, str, str, str, str]] = [
@@ -67,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     run: Callable[[argparse.Namespace], int | None] = args._run
     try:
         return int(run(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"btoks {args.command}: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:  # the user's to fix: one line, no traceback (-v shows it)
+        if args.verbose:
+            logging.exception("details")
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"btoks {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -24,7 +24,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -77,6 +77,8 @@ class EncodeOptions:
     num_frames: int = DEFAULT_NUM_FRAMES
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     pdf_scale: float = 1.0
+    decode_pixels: int | None = None
+    """Shrink bigger images while decoding (memory); ``None``: the model's own image budget."""
 
 
 @dataclass
@@ -248,6 +250,11 @@ def _vision_budget(model: BToksModel) -> tuple[int, int, int]:
     )
 
 
+def decode_budget(model: BToksModel) -> int:
+    """Pixels the model resizes an image to at most: decoding more only costs memory."""
+    return _vision_budget(model)[1]
+
+
 def _image_tokens(wh: tuple[float, float], budget: tuple[int, int, int]) -> int:
     lo, hi, per_token = budget
     return int(min(max(wh[0] * wh[1], lo), hi) // per_token) + 2
@@ -298,13 +305,15 @@ def _load(item: _Item, opts: EncodeOptions) -> Sample:
         images = [
             src
             if isinstance(src, Image.Image)
-            else load_image(src, max_pixels=opts.max_pixels, pdf_scale=opts.pdf_scale)
+            else load_image(src, max_pixels=opts.max_pixels, pdf_scale=opts.pdf_scale,
+                            decode_pixels=opts.decode_pixels)
             for src in item.images
         ]
         images = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
         video = item.video
         if isinstance(video, Path):
-            video = load_video(video, num_frames=item.frames or opts.num_frames, max_pixels=opts.max_pixels)
+            video = load_video(video, num_frames=item.frames or opts.num_frames, max_pixels=opts.max_pixels,
+                               decode_pixels=opts.decode_pixels)
         elif isinstance(video, list):
             if opts.max_pixels is not None and video[0].size[0] * video[0].size[1] > opts.max_pixels:
                 raise InputError(
@@ -386,6 +395,8 @@ def encode_items(
         errors[err.index] = err
 
     budget = _vision_budget(model)
+    if opts.decode_pixels is None:
+        opts = replace(opts, decode_pixels=budget[1])
     items: list[_Item] = []
     for i, x in enumerate(inputs):
         try:

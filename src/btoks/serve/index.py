@@ -30,6 +30,7 @@ import numpy as np
 from btoks.data.errors import InputError
 from btoks.data.media import DEFAULT_MAX_PIXELS, DEFAULT_NUM_FRAMES, KNOWN_EXTENSIONS, kind_of, pdf_num_pages
 from btoks.encode import EncodeOptions, encode_items
+from btoks.errors import BToksError
 from btoks.fsio import fsync_dir, fsync_file
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ PROBE_MIN_COSINE = 0.98
 """Below this, the probe text embeds differently than at build time: a different model (or weights)."""
 
 
-class BToksIndexError(RuntimeError):
+class BToksIndexError(BToksError, RuntimeError):
     """The index directory is missing, corrupt, locked, or does not match the model used with it."""
 
 
@@ -109,7 +110,9 @@ def _skip_name(name: str) -> bool:
 def discover(sources: Iterable[str | Path]) -> list[Path]:
     """Supported files under ``sources`` (files or folders, recursive, hidden entries skipped), sorted.
 
-    Symlinked folders are not followed (no cycles, no escaping the folder the user named).
+    Nothing outside a named folder is read: symlinked folders are not followed (no cycles either), and a
+    symlinked file is kept only when its target lies inside the folder (``ln -s /etc/passwd leak.txt`` would
+    otherwise put that file's text into previews served by ``/search``).
     """
     found: dict[Path, None] = {}
     for src in sources:
@@ -123,12 +126,18 @@ def discover(sources: Iterable[str | Path]) -> list[Path]:
                 )
             found[root.resolve()] = None
             continue
+        base = root.resolve()
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
             dirnames[:] = sorted(d for d in dirnames if not _skip_name(d))
             for name in sorted(filenames):
                 p = Path(dirpath, name)
-                if not _skip_name(name) and kind_of(p) is not None and p.is_file():
-                    found[p.resolve()] = None
+                if _skip_name(name) or kind_of(p) is None or not p.is_file():
+                    continue
+                target = p.resolve()
+                if not target.is_relative_to(base):
+                    log.warning("%s: skipped, a symlink to %s outside the indexed folder %s", p, target, base)
+                    continue
+                found[target] = None
     return sorted(found)
 
 
@@ -158,6 +167,14 @@ def chunk_text(text: str, chunk_chars: int | None, overlap: int = 0) -> list[tup
             break
         start = max(end - overlap, start + 1)
     return spans
+
+
+def check_chunking(chunk_chars: int | None, overlap: int) -> None:
+    """Refuse an overlap that would make chunking crawl one character at a time (300 files → 50k chunks)."""
+    if chunk_chars is not None and chunk_chars < 1:
+        raise ValueError(f"chunk size must be >= 1 character, got {chunk_chars}")
+    if overlap < 0 or (chunk_chars and overlap >= chunk_chars):
+        raise ValueError(f"chunk overlap must be >= 0 and smaller than the chunk size ({chunk_chars}), got {overlap}")
 
 
 def _file_key(path: Path) -> tuple[int, int]:
@@ -536,6 +553,7 @@ def build_index(
 
     if index_type not in INDEX_TYPES:
         raise ValueError(f"unknown index type {index_type!r}; expected one of {', '.join(INDEX_TYPES)}")
+    check_chunking(chunk_chars, chunk_overlap)
     if isinstance(model, str | Path):
         from btoks.model import BToksModel
 
