@@ -105,7 +105,13 @@ def _text_candidates(row: dict[str, Any]) -> LocalRow:
     """Classification, VQA and image->text: candidates are the ``tgt_text`` strings as they are (no target
     instruction), named by their text, the first is the answer."""
     texts = [str(t) for t in row["tgt_text"]]
-    return LocalRow(_image_query(row), [make_spec(text=t) for t in texts], texts, {texts[0]: 1.0})
+    return LocalRow(_image_query(row), [_answer(t) for t in texts], texts, {texts[0]: 1.0})
+
+
+def _answer(text: str) -> SampleSpec:
+    """A candidate answer; a blank one is still a candidate (OK-VQA has them) and is embedded as one space,
+    since an input without any token has nothing to pool."""
+    return make_spec(text=text if text.strip() else " ")
 
 
 def _image_candidates(row: dict[str, Any], name: Callable[[str, str], str]) -> tuple[list[SampleSpec], list[str]]:
@@ -158,7 +164,7 @@ def _video_cls(spec: Any) -> Parse:
 def _ssv2(spec: Any) -> Parse:
     def parse(row: dict[str, Any]) -> LocalRow:
         options = [str(o) for o in row["neg_text"]]
-        return LocalRow(_video_query(spec, str(row["video_id"])), [make_spec(text=o) for o in options], options,
+        return LocalRow(_video_query(spec, str(row["video_id"])), [_answer(o) for o in options], options,
                         {str(row["pos_text"]): 1.0})
     return parse
 
@@ -197,13 +203,13 @@ def _nextqa(spec: Any) -> Parse:
         options = [str(row[f"a{i}"]) for i in range(5)]
         text, _, _ = _qa_template(str(row["question"]), options, "")
         answer = options[int(row["answer"])]
-        return LocalRow(_video_query(spec, str(row["video"]), text), [make_spec(text=o) for o in options],
+        return LocalRow(_video_query(spec, str(row["video"]), text), [_answer(o) for o in options],
                         options, {answer: 1.0})
     return parse
 
 
 def _lettered_options(spec: Any, video: str, text: str, options: list[str], answer_idx: int) -> LocalRow:
-    return LocalRow(_video_query(spec, video, text), [make_spec(text=_strip_letter(o)) for o in options],
+    return LocalRow(_video_query(spec, video, text), [_answer(_strip_letter(o)) for o in options],
                     options, {options[answer_idx]: 1.0})
 
 
@@ -228,7 +234,7 @@ def _mvbench(spec: Any) -> Parse:
         text, lettered, answer = _qa_template(str(row["question"]), [str(c) for c in row["candidates"]],
                                               str(row["answer"]))
         video = f"{row['subset']}/{row['video']}"
-        return LocalRow(_video_query(spec, video, text), [make_spec(text=o) for o in lettered], lettered,
+        return LocalRow(_video_query(spec, video, text), [_answer(o) for o in lettered], lettered,
                         {answer: 1.0})
     return parse
 
@@ -237,7 +243,7 @@ def _activitynetqa(spec: Any) -> Parse:
     def parse(row: dict[str, Any]) -> LocalRow:
         options = ["yes", "no"]
         return LocalRow(_video_query(spec, f"v_{row['video_name']}", f"{row['question']}? (A) yes; (B) no."),
-                        [make_spec(text=o) for o in options], options, {str(row["answer"]): 1.0})
+                        [_answer(o) for o in options], options, {str(row["answer"]): 1.0})
     return parse
 
 

@@ -108,10 +108,16 @@ def make_spec(text: Any = "", instruction: Any = "", images: Iterable[ImageRef] 
     video = str(video) if video else None
     text, instruction = normalize_markers(_str(text)), normalize_markers(_str(instruction))
     if not images:
-        text, instruction = text.replace(IMAGE_TOKEN, "").strip(), instruction.replace(IMAGE_TOKEN, "").strip()
+        text, instruction = _drop(text, IMAGE_TOKEN), _drop(instruction, IMAGE_TOKEN)
     if not video:
-        text, instruction = text.replace(VIDEO_TOKEN, "").strip(), instruction.replace(VIDEO_TOKEN, "").strip()
+        text, instruction = _drop(text, VIDEO_TOKEN), _drop(instruction, VIDEO_TOKEN)
     return SampleSpec(text=text, instruction=instruction, images=images, video=video, id=id, target=target)
+
+
+def _drop(text: str, marker: str) -> str:
+    """``text`` without ``marker`` (stripped only when one was removed: other whitespace is kept verbatim, the
+    reference's prompts rely on it)."""
+    return text.replace(marker, "").strip() if marker in text else text
 
 
 def _str(x: Any) -> str:

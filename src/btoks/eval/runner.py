@@ -52,7 +52,11 @@ def discover(data_dir: str | Path, datasets: Sequence[str] | None = None) -> lis
     if manifest.is_file():
         found = registry.load_manifest(manifest, overwrite=True)
     else:
+        wanted = {registry.get(d).name for d in datasets or ()}
+        extra = {s.name for s in registry.EXTRA} - wanted  # sets outside the 78 only when asked for by name
         for spec in registry.specs():
+            if spec.name in extra:
+                continue
             loc = locate(spec if spec.family else replace(spec, path=None), data_dir)  # by name, not a manifest's path
             if loc is not None:
                 found.append(spec if spec.family else replace(spec, path=loc.name))
