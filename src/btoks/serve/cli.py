@@ -25,17 +25,9 @@ def _positive_int(value: str) -> int:
 
 
 def _load_model(path: str, device: str | None) -> Any:
-    from btoks.model import BToksModel
+    from btoks.loading import load
 
-    if not Path(path, "btoks_config.json").is_file():
-        raise SystemExit(
-            f"error: {path} is not a btoks model folder (no btoks_config.json); "
-            "give a folder written by save_pretrained"
-        )
-    model = BToksModel.from_pretrained(path, merge=True)
-    if device:
-        model.to(device)
-    return model.eval()
+    return load(path, device=device, merge=True)
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
@@ -201,7 +193,14 @@ def run_search(args: argparse.Namespace) -> int:
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     """``btoks serve MODEL [--index INDEX] [--host 127.0.0.1] [--port 8000] [--api-key KEY] ...``."""
-    from btoks.serve.app import DEFAULT_MAX_BATCH, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_INPUTS
+    from btoks.serve.app import (
+        DEFAULT_BODY_TIMEOUT_S,
+        DEFAULT_MAX_BATCH,
+        DEFAULT_MAX_IMAGE_PIXELS,
+        DEFAULT_MAX_IMAGES,
+        DEFAULT_MAX_IMAGES_IN_FLIGHT,
+        DEFAULT_MAX_INPUTS,
+    )
 
     p.add_argument("model", metavar="MODEL", help="model folder written by save_pretrained")
     p.add_argument("--index", default=None, help="index folder to serve POST /search from")
@@ -243,6 +242,31 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         help=f"most inputs in one /v1/embeddings request (default {DEFAULT_MAX_INPUTS})",
     )
     p.add_argument(
+        "--max-images",
+        type=_positive_int,
+        default=DEFAULT_MAX_IMAGES,
+        help=f"most images in one request (default {DEFAULT_MAX_IMAGES}; more: 413)",
+    )
+    p.add_argument(
+        "--max-images-in-flight",
+        type=_positive_int,
+        default=DEFAULT_MAX_IMAGES_IN_FLIGHT,
+        help="decoded images the whole server holds at once; further requests wait, then get 503 "
+        f"(default {DEFAULT_MAX_IMAGES_IN_FLIGHT})",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=DEFAULT_BODY_TIMEOUT_S,
+        help=f"seconds a client may take to send its request body (default {DEFAULT_BODY_TIMEOUT_S:g}; more: 408)",
+    )
+    p.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        help="comma-separated proxy addresses whose X-Forwarded-For/-Proto headers are trusted "
+        "(default: loopback only; see docs/security.md)",
+    )
+    p.add_argument(
         "--model-name", default=None, help="name reported in responses (default: the model folder name)"
     )
     p.add_argument(
@@ -271,6 +295,10 @@ def run_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         max_inputs=args.max_inputs,
+        max_images=args.max_images,
+        max_images_in_flight=args.max_images_in_flight,
+        body_timeout_s=args.body_timeout if args.body_timeout > 0 else None,
+        forwarded_allow_ips=args.forwarded_allow_ips,
         model_name=args.model_name or Path(args.model).resolve().name,
     )
     return 0
