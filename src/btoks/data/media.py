@@ -20,6 +20,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from btoks.data.errors import (
+    BROKEN_PDF,
+    CORRUPT_IMAGE,
+    MISSING,
+    PATH_ESCAPE,
+    TOO_LARGE,
+    UNREADABLE_VIDEO,
+    InputError,
+)
+
 DEFAULT_MAX_PIXELS = 64_000_000
 """Largest image (width x height) decoded by default; bigger headers are refused before decoding."""
 DEFAULT_DECODE_PIXELS = 4 * 28 * 28 * 1280
@@ -29,24 +39,26 @@ MIN_DECODE_EDGE = 256
 DEFAULT_NUM_FRAMES = 8
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
 """PIL plugins we let open anything (paths, bytes, data URLs); the rest (EPS, PSD, ...) are refused."""
+
+# One vocabulary of media kinds, by file suffix, shared by readers, ``encode`` and ``btoks index``.
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
+PDF_EXTENSIONS = frozenset({".pdf"})
+TEXT_EXTENSIONS = frozenset({".txt", ".md"})
+MEDIA_KINDS: dict[str, frozenset[str]] = {
+    "image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS, "pdf": PDF_EXTENSIONS, "text": TEXT_EXTENSIONS,
+}
+KNOWN_EXTENSIONS = frozenset().union(*MEDIA_KINDS.values())
 
-# Machine-readable reasons (skip counters group by these).
-MISSING = "missing_file"
-CORRUPT_IMAGE = "corrupt_image"
-TOO_LARGE = "too_large"
-UNREADABLE_VIDEO = "unreadable_video"
-BROKEN_PDF = "broken_pdf"
-PATH_ESCAPE = "path_escape"
+MediaError = InputError
+"""Media failures are :class:`~btoks.data.errors.InputError` (the one error type for unusable inputs)."""
 
 
-class MediaError(ValueError):
-    """A media file could not be used; ``str(err)`` names the file, ``reason`` is one of the constants above."""
-
-    def __init__(self, message: str, *, path: str | Path | None = None, reason: str = "media_error") -> None:
-        super().__init__(message)
-        self.path = None if path is None else str(path)
-        self.reason = reason
+def kind_of(path: str | Path) -> str | None:
+    """``image``, ``video``, ``pdf`` or ``text`` from the file suffix (case-insensitive); ``None`` if unknown.
+    A folder is not classified here (a frame folder is a video only where a caller expects one)."""
+    suffix = Path(path).suffix.lower()
+    return next((kind for kind, exts in MEDIA_KINDS.items() if suffix in exts), None)
 
 
 @dataclass(frozen=True)
@@ -229,7 +241,7 @@ def load_image(
 def list_frame_files(folder: str | Path) -> list[Path]:
     """Image files in a frame folder, naturally sorted (``2.jpg`` before ``10.jpg``)."""
     return sorted(
-        (p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+        (p for p in Path(folder).iterdir() if kind_of(p) == "image" and p.is_file()),
         key=lambda p: natural_key(p.name),
     )
 

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from btoks.data.media import DEFAULT_MAX_PIXELS, DEFAULT_NUM_FRAMES, MediaError, pdf_num_pages
+from btoks.data.errors import InputError
+from btoks.data.media import DEFAULT_MAX_PIXELS, DEFAULT_NUM_FRAMES, KNOWN_EXTENSIONS, kind_of, pdf_num_pages
 from btoks.encode import EncodeOptions, encode_items
 from btoks.errors import BToksError
 from btoks.fsio import fsync_dir, fsync_file
@@ -41,11 +42,6 @@ log = logging.getLogger(__name__)
 
 IndexType = Literal["flat", "hnsw", "ivf"]
 INDEX_TYPES = ("flat", "hnsw", "ivf")
-IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
-PDF_EXTS = frozenset({".pdf"})
-VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm"})
-TEXT_EXTS = frozenset({".txt", ".md"})
-KNOWN_EXTS = IMAGE_EXTS | PDF_EXTS | VIDEO_EXTS | TEXT_EXTS
 FORMAT, VERSION = "btoks-index", 1
 CURRENT, HEADER, META, FAISS_FILE, LOCK = "CURRENT", "header.json", "meta.jsonl", "index.faiss", ".lock"
 PROBE_TEXT = "btoks index probe: a photo of a cat sitting on a red sofa."
@@ -124,9 +120,9 @@ def discover(sources: Iterable[str | Path]) -> list[Path]:
         if not root.exists():
             raise FileNotFoundError(f"{root}: no such file or folder")
         if root.is_file():
-            if root.suffix.lower() not in KNOWN_EXTS:
+            if kind_of(root) is None:
                 raise ValueError(
-                    f"{root}: unsupported file type; expected one of {', '.join(sorted(KNOWN_EXTS))}"
+                    f"{root}: unsupported file type; expected one of {', '.join(sorted(KNOWN_EXTENSIONS))}"
                 )
             found[root.resolve()] = None
             continue
@@ -135,7 +131,7 @@ def discover(sources: Iterable[str | Path]) -> list[Path]:
             dirnames[:] = sorted(d for d in dirnames if not _skip_name(d))
             for name in sorted(filenames):
                 p = Path(dirpath, name)
-                if _skip_name(name) or p.suffix.lower() not in KNOWN_EXTS or not p.is_file():
+                if _skip_name(name) or kind_of(p) is None or not p.is_file():
                     continue
                 target = p.resolve()
                 if not target.is_relative_to(base):
@@ -146,14 +142,9 @@ def discover(sources: Iterable[str | Path]) -> list[Path]:
 
 
 def modality_of(path: Path) -> str:
-    ext = path.suffix.lower()
-    if ext in IMAGE_EXTS:
-        return "image"
-    if ext in PDF_EXTS:
-        return "pdf_page"
-    if ext in VIDEO_EXTS:
-        return "video"
-    return "text"
+    """The index's modality tag of a discovered file (a PDF is indexed page by page)."""
+    kind = kind_of(path) or "text"
+    return "pdf_page" if kind == "pdf" else kind
 
 
 def chunk_text(text: str, chunk_chars: int | None, overlap: int = 0) -> list[tuple[int, int]]:
@@ -612,7 +603,7 @@ def build_index(
                 ):
                     metas.append(meta)
                     inputs.append(item)
-            except (MediaError, OSError, ValueError) as e:
+            except (InputError, OSError, ValueError) as e:
                 report.skipped.append({"source": str(p), "error": str(e)})
         opts = EncodeOptions(num_frames=num_frames, max_pixels=max_pixels, pdf_scale=pdf_scale)
         doc_instruction = instruction or (model.config.extra or {}).get("document_instruction")

@@ -18,7 +18,8 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from btoks.data.media import TOO_LARGE, MediaError, load_image
+from btoks.data.errors import TOO_LARGE, InputError
+from btoks.data.media import load_image
 
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
 
@@ -144,7 +145,7 @@ def decode_image(
         raise ApiError(422, f"{name}: unsupported image format (PNG, JPEG, GIF, WEBP or BMP)")
     try:
         return load_image(raw, max_pixels=max_pixels, decode_pixels=decode_pixels)
-    except MediaError as e:
+    except InputError as e:
         msg = str(e).replace("<image bytes>", name)
         if e.reason == TOO_LARGE:
             raise ApiError(413, msg, "image_too_large") from None
