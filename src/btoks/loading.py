@@ -7,6 +7,7 @@ which device, what error a wrong path gave); now they all accept the same specs 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,7 +55,7 @@ def load(
     """
     from btoks.model import BToksModel
 
-    if isinstance(spec, BToksModel):
+    if not isinstance(spec, str | os.PathLike):  # a loaded model (or a stand-in with the same methods)
         model = spec
     else:
         folder = resolve_model_dir(spec)
