@@ -39,7 +39,8 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from btoks.data.media import TOO_LARGE, MediaError, load_image
+from btoks.data.errors import TOO_LARGE, InputError
+from btoks.data.media import load_image
 from btoks.encode import EncodeOptions, encode, encode_items
 
 if TYPE_CHECKING:
@@ -172,7 +173,7 @@ def decode_image(s: str, max_pixels: int | None, name: str = "image") -> Image.I
         raise ApiError(422, f"{name}: unsupported image format (PNG, JPEG, GIF, WEBP or BMP)")
     try:
         return load_image(raw, max_pixels=max_pixels)
-    except MediaError as e:
+    except InputError as e:
         msg = str(e).replace("<image bytes>", name)
         if e.reason == TOO_LARGE:
             raise ApiError(413, msg, "image_too_large") from None

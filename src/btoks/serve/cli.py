@@ -122,8 +122,9 @@ def add_index_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_index(args: argparse.Namespace) -> int:
-    from btoks.serve.index import build_index
+    from btoks.serve.index import build_index, check_chunking
 
+    check_chunking(args.chunk_chars, args.chunk_overlap)
     model = _load_model(args.model, args.device)
     report = build_index(
         model,

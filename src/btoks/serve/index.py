@@ -27,8 +27,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from btoks.data.media import DEFAULT_MAX_PIXELS, DEFAULT_NUM_FRAMES, MediaError, pdf_num_pages
+from btoks.data.errors import InputError
+from btoks.data.media import DEFAULT_MAX_PIXELS, DEFAULT_NUM_FRAMES, KNOWN_EXTENSIONS, kind_of, pdf_num_pages
 from btoks.encode import EncodeOptions, encode_items
+from btoks.errors import BToksError
 from btoks.fsio import fsync_dir, fsync_file
 
 if TYPE_CHECKING:
@@ -46,11 +48,6 @@ dims exact search still answers a single query in milliseconds, at 1M it is ~500
 (docs/benchmarks.md, table 5)."""
 RECALL_SAMPLE = 500
 """Stored vectors used as queries when estimating an approximate index's recall@10."""
-IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
-PDF_EXTS = frozenset({".pdf"})
-VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm"})
-TEXT_EXTS = frozenset({".txt", ".md"})
-KNOWN_EXTS = IMAGE_EXTS | PDF_EXTS | VIDEO_EXTS | TEXT_EXTS
 FORMAT, VERSION = "btoks-index", 1
 CURRENT, HEADER, META, FAISS_FILE, LOCK = "CURRENT", "header.json", "meta.jsonl", "index.faiss", ".lock"
 PROBE_TEXT = "btoks index probe: a photo of a cat sitting on a red sofa."
@@ -58,7 +55,7 @@ PROBE_MIN_COSINE = 0.98
 """Below this, the probe text embeds differently than at build time: a different model (or weights)."""
 
 
-class BToksIndexError(RuntimeError):
+class BToksIndexError(BToksError, RuntimeError):
     """The index directory is missing, corrupt, locked, or does not match the model used with it."""
 
 
@@ -124,7 +121,9 @@ def _skip_name(name: str) -> bool:
 def discover(sources: Iterable[str | Path]) -> list[Path]:
     """Supported files under ``sources`` (files or folders, recursive, hidden entries skipped), sorted.
 
-    Symlinked folders are not followed (no cycles, no escaping the folder the user named).
+    Nothing outside a named folder is read: symlinked folders are not followed (no cycles either), and a
+    symlinked file is kept only when its target lies inside the folder (``ln -s /etc/passwd leak.txt`` would
+    otherwise put that file's text into previews served by ``/search``).
     """
     found: dict[Path, None] = {}
     for src in sources:
@@ -132,30 +131,31 @@ def discover(sources: Iterable[str | Path]) -> list[Path]:
         if not root.exists():
             raise FileNotFoundError(f"{root}: no such file or folder")
         if root.is_file():
-            if root.suffix.lower() not in KNOWN_EXTS:
+            if kind_of(root) is None:
                 raise ValueError(
-                    f"{root}: unsupported file type; expected one of {', '.join(sorted(KNOWN_EXTS))}"
+                    f"{root}: unsupported file type; expected one of {', '.join(sorted(KNOWN_EXTENSIONS))}"
                 )
             found[root.resolve()] = None
             continue
+        base = root.resolve()
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
             dirnames[:] = sorted(d for d in dirnames if not _skip_name(d))
             for name in sorted(filenames):
                 p = Path(dirpath, name)
-                if not _skip_name(name) and p.suffix.lower() in KNOWN_EXTS and p.is_file():
-                    found[p.resolve()] = None
+                if _skip_name(name) or kind_of(p) is None or not p.is_file():
+                    continue
+                target = p.resolve()
+                if not target.is_relative_to(base):
+                    log.warning("%s: skipped, a symlink to %s outside the indexed folder %s", p, target, base)
+                    continue
+                found[target] = None
     return sorted(found)
 
 
 def modality_of(path: Path) -> str:
-    ext = path.suffix.lower()
-    if ext in IMAGE_EXTS:
-        return "image"
-    if ext in PDF_EXTS:
-        return "pdf_page"
-    if ext in VIDEO_EXTS:
-        return "video"
-    return "text"
+    """The index's modality tag of a discovered file (a PDF is indexed page by page)."""
+    kind = kind_of(path) or "text"
+    return "pdf_page" if kind == "pdf" else kind
 
 
 def chunk_text(text: str, chunk_chars: int | None, overlap: int = 0) -> list[tuple[int, int]]:
@@ -178,6 +178,14 @@ def chunk_text(text: str, chunk_chars: int | None, overlap: int = 0) -> list[tup
             break
         start = max(end - overlap, start + 1)
     return spans
+
+
+def check_chunking(chunk_chars: int | None, overlap: int) -> None:
+    """Refuse an overlap that would make chunking crawl one character at a time (300 files → 50k chunks)."""
+    if chunk_chars is not None and chunk_chars < 1:
+        raise ValueError(f"chunk size must be >= 1 character, got {chunk_chars}")
+    if overlap < 0 or (chunk_chars and overlap >= chunk_chars):
+        raise ValueError(f"chunk overlap must be >= 0 and smaller than the chunk size ({chunk_chars}), got {overlap}")
 
 
 def _file_key(path: Path) -> tuple[int, int]:
@@ -600,6 +608,7 @@ def build_index(
 
     if index_type not in INDEX_TYPES:
         raise ValueError(f"unknown index type {index_type!r}; expected one of {', '.join(INDEX_TYPES)}")
+    check_chunking(chunk_chars, chunk_overlap)
     if isinstance(model, str | Path):
         from btoks.model import BToksModel
 
@@ -652,7 +661,7 @@ def build_index(
                 ):
                     metas.append(meta)
                     inputs.append(item)
-            except (MediaError, OSError, ValueError) as e:
+            except (InputError, OSError, ValueError) as e:
                 report.skipped.append({"source": str(p), "error": str(e)})
         opts = EncodeOptions(num_frames=num_frames, max_pixels=max_pixels, pdf_scale=pdf_scale)
         doc_instruction = instruction or (model.config.extra or {}).get("document_instruction")
