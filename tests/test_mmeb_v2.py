@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import shutil
 from pathlib import Path
 
@@ -209,3 +210,73 @@ def test_every_row_unreadable(tree: Path, tmp_path: Path, tiny_model: Path) -> N
         runner.evaluate(tiny_model, data, out_dir=tmp_path / "r", progress=False, log=None)
     with pytest.raises(ValueError, match=r"'ImageNet-1K'.*no query left to score \(skipped corrupt_image: 3\)"):
         runner.evaluate(tiny_model, data, out_dir=tmp_path / "r", on_error="skip", progress=False, log=None)
+
+
+# ---------------------------------------------------------------- download / check
+
+
+def test_download_offline_is_one_clear_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
+    from btoks.cli import main
+    from btoks.data.download import DownloadError, download_mmeb_v2
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DownloadError, match=r"cannot download VLM2Vec/MSR-VTT from the Hugging Face Hub"):
+        download_mmeb_v2(tmp_path / "root", datasets=["MSR-VTT"], log=None)
+    assert main(["data", "download", "mmeb-v2", "--out", str(tmp_path / "root"), "--datasets", "MSR-VTT"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("btoks data: error: cannot download VLM2Vec/MSR-VTT")
+
+
+def test_download_with_substituted_fetch(tree: Path, tmp_path: Path) -> None:
+    """The plan fetches each annotation repo into ROOT/<repo name> and the media archives into ROOT; archives
+    are unpacked as the VLM2Vec script does. A fake hub built from the test tree stands in for the network."""
+    import tarfile
+
+    from btoks.data.download import MEDIA_REPO, check_root, download_mmeb_v2
+
+    calls = []
+
+    def fake_fetch(repo: str, *, repo_type: str, local_dir: str, allow_patterns: list[str]) -> str:
+        calls.append((repo, Path(local_dir).relative_to(tmp_path / "root").as_posix(), tuple(allow_patterns)))
+        dest = Path(local_dir)
+        if repo == MEDIA_REPO:
+            (dest / "image-tasks").mkdir(parents=True)
+            with tarfile.open(dest / "image-tasks/mmeb_v1.tar.gz", "w:gz") as t:
+                t.add(tree / "image-tasks/ImageNet-1K", "MMEB/ImageNet-1K")
+            (dest / "video-tasks/frames").mkdir(parents=True)
+            with tarfile.open(dest / "video-tasks/frames/video_ret.tar.gz", "w:gz") as t:
+                t.add(tree / "video-tasks/frames/video_ret/MSR-VTT", "MSR-VTT")
+        elif repo.endswith("MMEB_Test_Instruct"):  # the test tree keeps image subsets at its top level
+            for config in {p.split("/")[0] for p in allow_patterns}:
+                shutil.copytree(tree / config, dest / config, dirs_exist_ok=True)
+        else:
+            shutil.copytree(tree / repo.split("/")[1], dest, dirs_exist_ok=True)
+        return local_dir
+
+    download_mmeb_v2(tmp_path / "root", datasets=["ImageNet-1K", "MSR-VTT"], fetch=fake_fetch, log=None)
+    assert calls == [
+        ("ziyjiang/MMEB_Test_Instruct", "MMEB_Test_Instruct",
+         ("ImageNet-1K/*.parquet", "ImageNet-1K/*.jsonl", "ImageNet-1K/*.json", "ImageNet-1K/*.arrow")),
+        ("VLM2Vec/MSR-VTT", "MSR-VTT", ("test_1k/*.parquet", "test_1k/*.jsonl", "test_1k/*.json", "test_1k/*.arrow")),
+        (MEDIA_REPO, ".", ("image-tasks/*", "video-tasks/frames/video_ret*")),
+    ]
+    assert (tmp_path / "root/image-tasks/ImageNet-1K/q0.jpg").is_file()  # MMEB/* moved up, as the script does
+    rows = {r.name: r for r in check_root(tmp_path / "root", datasets=["ImageNet-1K", "MSR-VTT", "OK-VQA"])}
+    assert rows["ImageNet-1K"].status == rows["MSR-VTT"].status == "ok" and rows["OK-VQA"].status == "missing"
+
+
+def test_check_root(tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from btoks.cli import main
+    from btoks.data.download import check_root
+
+    rows = {r.name: r for r in check_root(tree)}
+    assert len(rows) == 78
+    assert {n for n, r in rows.items() if r.status == "ok"} == set(EXPECTED)
+    assert all(r.status == "missing" for n, r in rows.items() if n not in EXPECTED)
+    data = _copy(tree, tmp_path, "MSR-VTT", "UCF101", "video-tasks")
+    shutil.rmtree(data / "video-tasks/frames/video_ret/MSR-VTT/vid2")
+    assert main(["data", "check", str(data), "--datasets", "MSR-VTT", "UCF101"]) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"incomplete\s+video\s+MSR-VTT\s+2 queries, skipped missing_file: 1", out)
+    assert re.search(r"ok\s+video\s+UCF101\s+3 queries", out) and "incomplete: 1 ok: 1 (of 2)" in out

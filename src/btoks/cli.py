@@ -26,7 +26,7 @@ COMMANDS: list[tuple[str, str, str, str, str]] = [
     ("serve", "btoks.serve.cli", "add_serve_args", "run_serve",
      "HTTP server: OpenAI-compatible /v1/embeddings, /search, /health (binds 127.0.0.1)"),
     ("data", "btoks.data.cli", "add_data_args", "run_data",
-     "build datasets: `btoks data mini-mmeb --out DIR` assembles the offline mini-MMEB benchmark"),
+     "data: `mini-mmeb` builds the offline benchmark, `download mmeb-v2` fetches MMEB-V2, `check ROOT` checks it"),
     ("analyze", "btoks.analysis.cli", "add_analyze_args", "run_analyze",
      "attention analysis: where target tokens and BToks put their attention, with and without the mask"),
     ("decode", "btoks.analysis.cli", "add_decode_args", "run_decode",

@@ -125,7 +125,7 @@ _IMG = "Represent the given image"
 _QA_IMG = "Represent the given image with the following question:"
 _CROP = "Represent the given cropped image of the object"
 _WIKI_T = "Represent the given Wikipedia image with related text information:"
-_IMAGE_MEDIA = ("image-tasks", "image-tasks/MMEB")
+_IMAGE_MEDIA = ("image-tasks/MMEB", "image-tasks")  # the archive unpacks to MMEB/; the script moves it up
 
 # Image rows carry their own instructions (``qry_inst`` / ``tgt_inst``), which the reference uses; the ones
 # below only fill rows without any (VLM2Vec-V2 wording).

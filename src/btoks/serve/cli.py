@@ -51,9 +51,10 @@ def add_index_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", "-o", required=True, metavar="INDEX", help="index folder to create or update")
     p.add_argument(
         "--index-type",
-        choices=("flat", "hnsw", "ivf"),
-        default="flat",
-        help="flat: exact search (default); hnsw / ivf: approximate, for large corpora",
+        choices=("auto", "flat", "hnsw", "ivf"),
+        default="auto",
+        help="auto (default): exact below 100k vectors, HNSW above; flat: exact; hnsw / ivf: approximate "
+        "(recall@10 is estimated on a sample at build time and printed)",
     )
     p.add_argument("--batch-size", type=_positive_int, default=16, help="inputs per model batch (default 16)")
     p.add_argument("--frames", type=_positive_int, default=8, help="frames sampled per video (default 8)")
@@ -82,6 +83,18 @@ def add_index_args(p: argparse.ArgumentParser) -> None:
         "or the model's config.extra.document_instruction)",
     )
     p.add_argument("--hnsw-m", type=_positive_int, default=32, help="HNSW graph degree (hnsw only)")
+    p.add_argument(
+        "--ef-construction",
+        type=_positive_int,
+        default=None,
+        help="HNSW build-time candidate list (default 200; higher: better graph, slower build)",
+    )
+    p.add_argument(
+        "--ef-search",
+        type=_positive_int,
+        default=None,
+        help="HNSW search-time candidate list, stored with the index (default 128; higher: better recall)",
+    )
     p.add_argument(
         "--ivf-nlist",
         type=_positive_int,
@@ -121,6 +134,8 @@ def run_index(args: argparse.Namespace) -> int:
         rebuild=args.rebuild,
         prune=not args.no_prune,
         hnsw_m=args.hnsw_m,
+        ef_construction=args.ef_construction,
+        ef_search=args.ef_search,
         ivf_nlist=args.ivf_nlist,
         show_progress_bar=not args.no_progress,
     )
@@ -129,6 +144,11 @@ def run_index(args: argparse.Namespace) -> int:
         f"{report.path}: {report.count} entries ({state}); +{report.added} added, -{report.removed} removed, "
         f"{report.new_files} files embedded, {report.unchanged_files} unchanged"
     )
+    if report.recall_at_10 is not None:
+        print(f"{report.index_type} index: estimated recall@10 {report.recall_at_10:.3f} vs exact search "
+              "(stored vectors as queries; raise --ef-search if too low)")
+    else:
+        print(f"{report.index_type} index: exact search")
     for s in report.skipped:
         print(f"  skipped {s['source']}: {s['error']}", file=sys.stderr)
     return 0
