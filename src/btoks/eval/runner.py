@@ -96,9 +96,13 @@ def _file_stats(paths: Sequence[Path], base: Path) -> list[tuple[str, int, int]]
 def model_fingerprint(model: Any) -> dict[str, Any]:
     """Path + config hash + weight file stats for a saved model; config + a parameter sample for an object."""
     if isinstance(model, str | os.PathLike):
-        path = Path(model).resolve()
-        if not path.is_dir():
-            raise FileNotFoundError(f"{path}: model directory not found")
+        from btoks.loading import resolve_model_dir
+
+        folder = resolve_model_dir(model)  # a saved model, or a training run's model/
+        if folder is None:  # caches and resume need a model whose weights are on disk
+            raise FileNotFoundError(f"{model}: not a saved btoks model folder (no btoks_config.json, "
+                                    "nor model/btoks_config.json of a training run)")
+        path = folder.resolve()
         files = [p for p in path.rglob("*") if p.is_file()]
         cfg = [p for p in files if p.name == "btoks_config.json"]
         return {"path": str(path), "config": _sha([p.read_text() for p in cfg]),
@@ -132,20 +136,9 @@ class _LazyModel:
 
     def get(self) -> Any:
         if self._model is None:
-            if isinstance(self.src, str | os.PathLike):
-                from btoks.model import BToksModel
+            from btoks.loading import load
 
-                self._model = BToksModel.from_pretrained(self.src, merge=True)
-            else:
-                self._model = self.src
-            dev = self.device
-            if dev is None:
-                import torch
-
-                dev = "cuda" if torch.cuda.is_available() else None
-            if dev is not None:
-                self._model.to(dev)
-            self._model.eval()
+            self._model = load(self.src, device=self.device, merge=True)
         return self._model
 
 
