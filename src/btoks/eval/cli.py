@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 
 from btoks.cli import positive_int
@@ -51,6 +52,9 @@ def run_eval(args: argparse.Namespace) -> int:
                        on_error=args.on_error, use_cache=not args.no_cache, resume=not args.no_resume,
                        progress=not args.no_progress, device=args.device, media_root=args.media_root,
                        tie_policy=args.tie_policy)
+
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate only process 0 reports
+        return 0
 
     def f(x: float) -> str:
         return "n/a" if x is None or math.isnan(x) else f"{x:.2f}"
