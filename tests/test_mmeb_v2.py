@@ -310,3 +310,14 @@ def test_two_processes_give_the_same_scores(tree: Path, tiny_model: Path, tmp_pa
         assert two[n].metrics == pytest.approx(one[n].metrics, abs=1e-4), n
     run = json.loads((tmp_path / "two" / "run.json").read_text())
     assert run["processes"] == 2
+
+
+def test_frames_picked_like_the_reference(tree: Path) -> None:
+    """The reference takes np.linspace(0, n-1, 8) of a frame folder's frames (first and last included)."""
+    from btoks.data.media import uniform_indices
+
+    assert uniform_indices(64, 8, "linspace") == [0, 9, 18, 27, 36, 45, 54, 63]
+    assert uniform_indices(64, 8) == [4, 12, 20, 28, 36, 44, 52, 60]
+    assert uniform_indices(3, 8, "linspace") == uniform_indices(3, 8)  # too few frames: repeat, as before
+    ev = read("MSR-VTT", tree)
+    assert ev.queries.media.frame_sampling == "linspace"
