@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=24)
     p.add_argument("--size", type=int, default=4096)
     p.add_argument("--model", default=None, help="saved model folder (default: a tiny random Qwen2-VL)")
+    p.add_argument("--image-budget", type=int, default=448 * 448,
+                   help="image pixel budget of the default tiny model (448² = 256 tokens an image)")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="btoks-rss-"))
     model = args.model
@@ -59,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         from btoks.tiny import tiny_backbone
 
         model = str(tmp / "model")
-        BToksModel(tiny_backbone("qwen2_vl"), BToksConfig(num_btoks=4)).save_pretrained(model)
+        tiny = BToksModel(tiny_backbone("qwen2_vl"), BToksConfig(num_btoks=4))
+        tiny.backbone.set_pixel_budget(max_pixels=args.image_budget)  # images must fit its max_length of 1024
+        tiny.save_pretrained(model)
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     proc = subprocess.Popen([sys.executable, "-m", "btoks.cli", "serve", model, "--port", str(port),
