@@ -82,7 +82,7 @@ def add_index_args(p: argparse.ArgumentParser) -> None:
         "--ef-construction",
         type=positive_int,
         default=None,
-        help="HNSW build-time candidate list (default 200; higher: better graph, slower build)",
+        help="HNSW build-time candidate list (default 80; higher: better graph, slower build)",
     )
     p.add_argument(
         "--ef-search",
