@@ -83,7 +83,7 @@ def test_shipped_delta_is_reused_and_heals(smollm2_dir, mini_mmeb_quick, monkeyp
     monkeypatch.setattr(mini_parts, "_convert_gguf", boom)  # the session cache already holds SmolLM2
     monkeypatch.setattr(mini_heal, "heal", boom)
     mini = load_mini(cache_dir=smollm2_dir.parent)
-    meta = delta_meta(SHIPPED_DELTA)
-    assert meta["heldout_ce_after"]["_all"] <= 4.0
+    after = delta_meta(SHIPPED_DELTA)["heldout_ce_after"]
+    assert max(v for k, v in after.items() if k.startswith("mini-")) <= 4.0  # per held-out set, as measured
     held = mini_mmeb_examples(mini_mmeb_quick, "test", limit_per_set=2)
     assert heldout_ce(mini, held)["_all"] <= 4.0  # the LM predicts held-out captions/answers

@@ -20,7 +20,7 @@ import json
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,21 @@ def mini_mmeb_examples(data_root: str | Path, split: str = "train", *, skip: Seq
             text = _clean(tgt.text)
             if text:
                 out.append(Example(src, text, entry["name"]))
+    return out
+
+
+def swap_media(examples: Sequence[Example]) -> list[Example]:
+    """The same examples with each one's media taken from the next example of the same set (a control: the
+    CE gap between true and swapped media is what the vision tokens contribute)."""
+    by_set: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        by_set.setdefault(ex.dataset, []).append(i)
+    out = list(examples)
+    for idx in by_set.values():
+        for a, b in zip(idx, idx[1:] + idx[:1], strict=True):
+            donor = examples[b].sample
+            out[a] = Example(replace(examples[a].sample, images=donor.images, video=donor.video), examples[a].target,
+                             examples[a].dataset)
     return out
 
 
@@ -351,4 +366,4 @@ def heal(backbone: Any, media: Sequence[Example], text: Sequence[Example], cfg: 
 
 
 __all__ = ["DELTA_FORMAT", "Example", "HealConfig", "apply_delta", "collate", "delta_meta", "heal", "heldout_ce",
-           "mini_mmeb_examples", "save_delta", "text_examples", "token_loss"]
+           "mini_mmeb_examples", "save_delta", "swap_media", "text_examples", "token_loss"]
