@@ -277,8 +277,8 @@ def delta_meta(path: str | Path) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def apply_delta(backbone: Any, path: str | Path) -> dict[str, Any]:
-    """Load the projector and merge ``W += B A`` into the decoder; returns the delta's metadata.
+def apply_delta(backbone: Any, path: str | Path, parts: Sequence[str] = ("projector", "lora")) -> dict[str, Any]:
+    """Load the projector and/or merge ``W += B A`` into the decoder (``parts``); returns the delta's metadata.
 
     The file must match the model (layer count, hidden size); a mismatch is one clear error.
     """
@@ -287,8 +287,13 @@ def apply_delta(backbone: Any, path: str | Path) -> dict[str, Any]:
     if meta.get("num_layers") not in (None, layers):
         raise ValueError(f"{path}: delta is for {meta['num_layers']} decoder layers, the model has {layers}")
     tensors = load_file(str(path))
-    proj = {k.removeprefix("projector."): v.float() for k, v in tensors.items() if k.startswith("projector.")}
-    backbone.model.model.projector.load_state_dict(proj, strict=True)
+    if unknown := set(parts) - {"projector", "lora"}:
+        raise ValueError(f"delta parts must be 'projector' and/or 'lora', not {sorted(unknown)}")
+    if "projector" in parts:
+        proj = {k.removeprefix("projector."): v.float() for k, v in tensors.items() if k.startswith("projector.")}
+        backbone.model.model.projector.load_state_dict(proj, strict=True)
+    if "lora" not in parts:
+        return meta
     modules = lora_modules(backbone)
     names = {k.removeprefix("lora.").rsplit(".", 1)[0] for k in tensors if k.startswith("lora.")}
     if names - modules.keys():
