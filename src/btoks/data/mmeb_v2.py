@@ -371,14 +371,4 @@ def read_dataset(spec: Any, data_root: str | Path, *, media_root: str | Path | N
     return build_local(spec.name, mconf, log, parsed, corpus)
 
 
-def frame_folders(ev: EvalLocal | EvalGlobal) -> list[str]:
-    """Every video referenced by a read dataset (for ``btoks data check``)."""
-    specs = list(ev.queries.specs)
-    if isinstance(ev, EvalLocal):
-        specs += [s for c in ev.candidates for s in c.specs]
-    else:
-        specs += list(ev.corpus.specs)
-    return sorted({s.video for s in specs if s.video})
-
-
-__all__ = ["frame_folders", "locate", "media_dir", "read_dataset", "split_tables"]
+__all__ = ["locate", "media_dir", "read_dataset", "split_tables"]
