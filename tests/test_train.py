@@ -12,9 +12,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from btoks import BToksConfig, BToksModel
+from btoks.backbones.tiny import tiny_backbone
 from btoks.data.examples import shapes
 from btoks.losses import info_nce
-from btoks.tiny import tiny_backbone
 from btoks.train import TrainConfig, Trainer
 from btoks.train.step import compute_gradients, prepare_batch
 
