@@ -49,8 +49,11 @@ def test_pooling_modes_and_k0_baseline():
     out = model.backbone.forward(*(lambda i: (i.input_ids, i.attention_mask, i.position_ids))(model.prepare(s)))
     assert torch.allclose(model.embed(s)[0], torch.nn.functional.normalize(out.last_hidden_state[0, -1], dim=-1),
                           atol=1e-6)
-    model.config.pooling = "mean"
-    assert not torch.allclose(model.embed(s)[0], torch.nn.functional.normalize(out.last_hidden_state[0, -1], dim=-1))
+    mean = BToksModel(bb, BToksConfig(num_btoks=0, pooling="mean"))
+    expect = torch.nn.functional.normalize(out.last_hidden_state[0].mean(0), dim=-1)
+    assert torch.allclose(mean.embed(s)[0], expect, atol=1e-6)
+    raw = mean(mean.prepare(s))
+    assert torch.allclose(raw.pooled[0], out.last_hidden_state[0].mean(0), atol=1e-6)  # raw vector, unnormalised
 
 
 def test_save_load_roundtrip_full_and_lora(tmp_path, rgb):

@@ -139,7 +139,7 @@ class BToksMiniModel(BToksMiniPreTrainedModel):
         return embeds.masked_scatter(slots.unsqueeze(-1), feats.reshape(-1, feats.shape[-1]))
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, past_key_values: Any = None,
+                position_ids: torch.Tensor | None = None, cache: Any = None,
                 inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
                 pixel_values: torch.Tensor | None = None, video_pixel_values: torch.Tensor | None = None,
                 **kwargs: Any) -> Any:
@@ -148,7 +148,7 @@ class BToksMiniModel(BToksMiniPreTrainedModel):
             inputs_embeds = self._merge(input_ids, inputs_embeds, pixel_values, self.config.image_token_id)
             inputs_embeds = self._merge(input_ids, inputs_embeds, video_pixel_values, self.config.video_token_id)
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                   position_ids=position_ids, past_key_values=past_key_values,
+                                   position_ids=position_ids, cache=cache,
                                    use_cache=use_cache, **kwargs)
 
 
@@ -186,7 +186,7 @@ class BToksMiniForCausalLM(BToksMiniPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, self.config.text_config.vocab_size)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache,
                                       hidden_states=out.hidden_states, attentions=out.attentions)
 
 
@@ -226,6 +226,9 @@ class MiniBackbone(Backbone):
     @property
     def vision_token_ids(self) -> frozenset[int]:
         return frozenset({self.cfg.image_token_id, self.cfg.video_token_id})
+
+    def image_token_estimate(self, width: float, height: float) -> int:
+        return self.cfg.image_grid ** 2 + 2  # fixed resolution
 
     def _pixels(self, images: list[Image.Image]) -> torch.Tensor:
         from btoks.backbones.mini_parts import preprocess_images

@@ -48,12 +48,14 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     dora: bool = True
+    lora_target_modules: list[str] | None = None
     lr: float = 5e-5
     weight_decay: float = 0.01
     warmup_steps: int = 100
     max_steps: int = 5000
     batch_size: int = 128
     grad_cache_chunk: int | None = 8
+    sort_by_length: bool = True
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
     hard_negatives: bool = False
@@ -143,6 +145,8 @@ FIELD_HELP = {
     "lr / weight_decay / warmup_steps / max_steps": "AdamW with linear warmup and decay",
     "batch_size": "pairs per process per step (negatives are gathered across processes)",
     "grad_cache_chunk": "GradCache chunk size (null: no GradCache)",
+    "sort_by_length": "sort pairs by query length before GradCache chunking (the authors' default)",
+    "lora_target_modules": "module-name suffixes LoRA wraps (null: the backbone's LLM projections)",
     "max_grad_norm": "gradient clipping",
     "gradient_checkpointing": "recompute activations (uses the explicit-mask GIC path)",
     "hard_negatives": "add each row's neg_text/neg_image as an extra candidate",
