@@ -13,10 +13,10 @@ from btoks import BToksConfig, BToksModel, Sample
 from btoks import model as model_mod
 from btoks.analysis.ablate import _config_hash, cell_config, find_cell, make_cells, parse_grid
 from btoks.analysis.attention import MaskLeakError, attention_shares
-from btoks.analysis.common import load_model
 from btoks.analysis.decode import banned_ids, decode_btoks, generate_ids
 from btoks.cli import main
 from btoks.eval import registry
+from btoks.loading import load
 from btoks.model import TargetBatch
 from btoks.tiny import tiny_backbone
 
@@ -89,7 +89,7 @@ def test_leak_is_detected(models, monkeypatch):
 def test_load_model_switches_sdpa_to_eager(tmp_path, rgb):
     path = tmp_path / "m"
     BToksModel(tiny_backbone("qwen2_vl", attn_implementation="sdpa"), BToksConfig(num_btoks=2)).save_pretrained(path)
-    model = load_model(path, eager=True)
+    model = load(path, eager=True, merge=False)
     assert model.model.config._attn_implementation == "eager" and model.config.num_btoks == 2
     res = attention_shares(model, [Sample(text="<image> shape", images=[rgb(28, 28)], target="a circle")])
     assert res["masked"].shape[1:] == (2, 4, 3) and res["unmasked"][..., QUERY].min() > 0

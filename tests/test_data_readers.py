@@ -166,7 +166,14 @@ def test_paths_cannot_escape_root(tmp_path: Path) -> None:
     with pytest.raises(MediaError):
         resolve_path("sub/../../secret.png", root)
     assert resolve_path("sub/../x.png", root) == (root / "x.png").resolve()
-    assert resolve_path(tmp_path / "secret.png", root) == tmp_path / "secret.png"  # absolute: as given
+    with pytest.raises(MediaError, match="absolute path outside") as e:  # a table row naming any file
+        load_image(str(tmp_path / "secret.png"), root)
+    assert e.value.reason == PATH_ESCAPE
+    png(root / "inside.png")
+    assert resolve_path(root / "inside.png", root) == (root / "inside.png").resolve()  # absolute, inside: fine
+    (root / "link.png").symlink_to(tmp_path / "secret.png")
+    with pytest.raises(MediaError, match="escapes"):
+        load_image("link.png", root)
 
 
 def test_uniform_indices_and_natural_sort() -> None:
@@ -367,7 +374,7 @@ def test_read_eval_local_and_dedup(tmp_path: Path, fmt: str) -> None:
     assert q0.images[0].getpixel((0, 0)) == (1, 1, 1)
     assert [c.text for c in ev.candidates[1]] == ["dog", "bird", "cat"]
     assert ev.candidates[2][1].images[0].getpixel((0, 0)) == (4, 4, 4)
-    unique, idx = ev.dedup_candidates()
+    unique, idx, _ = ev.dedup_candidates()
     assert isinstance(unique, LazySamples) and len(unique) == 5  # cat, dog, bird, c/0, c/1
     for row, ids in enumerate(idx):
         assert [unique.specs[i].key() for i in ids] == [s.key() for s in ev.candidates[row].specs]
@@ -481,11 +488,11 @@ def test_read_visdoc(tmp_path: Path) -> None:
     ev = read_visdoc(folder, on_error="skip", query_instruction="Find a document image that matches the given query:",
                      target_instruction="Understand the content of the provided document image.")
     assert isinstance(ev, EvalGlobal)
-    assert ev.corpus_ids == ["d1", "d2", "d3"] and ev.query_ids == ["q1", "q2"]
+    # reference order: each query's relevant pages (qrels order), then the rest of the corpus
+    assert ev.corpus_ids == ["d2", "d1", "d3"] and ev.query_ids == ["q1", "q2"]
     assert ev.skipped.as_dict() == {"broken_pdf": 1, "no_qrels": 2}  # q3 lost its only page; q4 has none
     assert ev.qrels == {"q1": {"d2": 2.0, "d1": 1.0}, "q2": {"d3": 1.0}}  # grade 0 is non-relevant
-    assert ev.qrels_indices() == [{1: 2.0, 0: 1.0}, {2: 1.0}]
-    pages = list(ev.corpus)
+    pages = [ev.corpus[ev.corpus_ids.index(c)] for c in ("d1", "d2", "d3")]
     assert pages[0].images[0].getpixel((0, 0)) == (1, 2, 3)
     assert pages[1].images[0].size == (150, 200)  # page 1 of the PDF at 72 dpi
     assert pages[2].images[0].getpixel((0, 0)) == (9, 9, 9)

@@ -317,7 +317,8 @@ def test_discover_published_layout(tmp_path: Path) -> None:
     _mk(data / "arxivqa")
     found = {s.name: s for s in runner.discover(data)}
     assert set(found) == {"ImageNet-1K", "N24News", "ViDoRe_arxivqa"}
-    assert found["N24News"].path == "N24News.jsonl" and found["ViDoRe_arxivqa"].path == "arxivqa"
+    assert runner.locate(found["N24News"], data).name == "N24News.jsonl"
+    assert runner.locate(found["ViDoRe_arxivqa"], data).name == "arxivqa"
     assert [s.name for s in runner.discover(data, ["imagenet-1k"])] == ["ImageNet-1K"]
     with pytest.raises(FileNotFoundError, match="MSCOCO_t2i"):
         runner.discover(data, ["MSCOCO_t2i"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,39 @@ def test_hnsw_and_ivf(model, tmp_path: Path) -> None:
         model, [src], tmp_path / "hnsw", index_type="flat"
     )  # type change: rebuilt, same rows
     assert report.rebuilt and Index.load(tmp_path / "hnsw").header["index_type"] == "flat"
+
+
+def _clustered(rng: np.random.Generator, n: int, dim: int = 64, clusters: int = 80) -> np.ndarray:
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    x = centres[rng.integers(0, clusters, n)] + 0.4 * rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_auto_index_is_exact_when_small_and_hnsw_with_high_recall_when_large(monkeypatch) -> None:
+    import btoks.serve.index as index_mod
+
+    monkeypatch.setattr(index_mod, "AUTO_APPROXIMATE_FROM", 3000)
+    rng = np.random.default_rng(0)
+    small = IndexParams("auto")
+    make_faiss_index(_clustered(rng, 500), small)
+    assert small.index_type == "flat" and small.recall_at_10 is None
+    x = _clustered(rng, 6000)
+    params = IndexParams("auto")
+    index = make_faiss_index(x, params)
+    assert params.index_type == "hnsw" and params.recall_at_10 is not None
+    # held-out queries near the data, scored against exact search
+    q = x[rng.integers(0, len(x), 200)] + 0.2 * rng.standard_normal((200, x.shape[1])).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    exact = make_faiss_index(x, IndexParams("flat")).search(q, 10)[1]
+    header = {"params": asdict(params), "dim": x.shape[1]}
+    found = index_mod.Index(Path("."), header, [], index).search_vectors(q, 10)[1]
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(found, exact, strict=True)])
+    assert recall >= 0.95, recall
+    assert params.recall_at_10 >= 0.95 and abs(params.recall_at_10 - recall) < 0.05
+    # a deliberately weak graph is reported as such, not hidden
+    weak = IndexParams("hnsw", hnsw_m=2, ef_construction=4, ef_search=1)
+    make_faiss_index(x, weak)
+    assert weak.recall_at_10 < params.recall_at_10 - 0.1
 
 
 @pytest.mark.parametrize("fail_at", ["faiss.write_index", "os.replace"])

@@ -1,4 +1,9 @@
-"""Ranking metrics against hand-computed values, ties included (pessimistic policy)."""
+"""Ranking metrics against the reference harness (TIGER-AI-Lab/VLM2Vec ``RankingMetrics``) and hand-computed values.
+
+The ``REF`` numbers were produced by running the reference's ``src/utils/eval_utils/metrics.py`` on the same cases,
+with predictions ordered by ``np.argsort(-scores)`` as its ``eval.py`` does (script: /work/refvenv-13/run_ref.py,
+kept out of the project; only its output numbers are here).
+"""
 
 from __future__ import annotations
 
@@ -7,104 +12,99 @@ import math
 import numpy as np
 import pytest
 
-from btoks.eval.metrics import (
-    TIE_POLICY,
-    global_metrics,
-    hit_at_k,
-    local_metrics,
-    local_ranks,
-    main_score,
-    qrels_to_indices,
-    relevant_ranks,
-)
+from btoks.eval.metrics import TIE_POLICY, global_metrics, has_tie, local_metrics, main_score, query_metrics
 
 L2 = math.log2
+NEG = [f"n{i}" for i in range(19)]
+
+# case -> (metric -> reference value, rounded to 1e-10)
+REF = {
+    "ties": {"hit@1": 0.5, "hit@5": 0.75, "ndcg@5": 0.625, "precision@5": 0.15, "recall@5": 0.75,
+             "map@5": 0.5833333333, "mrr@5": 0.5833333333, "map@10": 0.5833333333},
+    "repeated": {"hit@1": 0.6666666667, "ndcg@5": 1.4206198357, "precision@5": 0.2, "recall@5": 1.0,
+                 "map@5": 1.6111111111, "mrr@5": 0.8333333333},
+    "graded": {"hit@5": 0.6666666667, "ndcg@5": 0.2546893742, "ndcg@10": 0.3274918531, "recall@10": 0.6666666667,
+               "map@5": 0.1527777778, "map@10": 0.2083333333, "mrr@5": 0.1944444444},
+    "map": {"hit@1": 0.5, "ndcg@5": 0.6454331576, "ndcg@10": 0.7069235088, "recall@1": 0.0833333333,
+            "recall@10": 0.9166666667, "map@5": 0.4766666667, "map@10": 0.5328042328, "precision@10": 0.35},
+}
+DOCS = ["d1", "d2", "d3", "d4", "d5", "d6"]
 
 
-def test_tie_policy_is_pessimistic() -> None:
-    assert TIE_POLICY == "pessimistic"
+def _check(per_query: dict[str, np.ndarray], case: str) -> None:
+    for metric, value in REF[case].items():
+        assert float(per_query[metric].mean()) == pytest.approx(value, abs=1e-9), (case, metric)
 
 
-def test_local_ranks_with_ties() -> None:
-    scores = np.array([
-        [3.0, 1.0, 2.0],  # positive strictly best -> 1
-        [1.0, 3.0, 2.0],  # two above -> 3
-        [2.0, 2.0, 1.0],  # tied with one other -> ranked after it -> 2
-        [0.0, 0.0, 0.0],  # all tied -> last -> 3
-    ])
-    assert local_ranks(scores).tolist() == [1, 3, 2, 3]
-    m = local_metrics(scores, ks=(1, 2))
-    assert m["hit@1"].tolist() == [1, 0, 0, 0]
-    assert m["hit@2"].tolist() == [1, 0, 1, 0]
-    assert m["recall@2"].tolist() == [1, 0, 1, 0]
-    assert np.allclose(m["mrr"], [1, 1 / 3, 1 / 2, 1 / 3])
-    assert np.allclose(m["map"], m["mrr"])  # single relevant item
-    assert np.allclose(m["ndcg@2"], [1, 0, 1 / L2(3), 0])
-    assert hit_at_k(local_ranks(scores), 1).tolist() == [1, 0, 0, 0]
+def test_default_policy_reproduces_reference_ties() -> None:
+    assert TIE_POLICY == "reference"
+    scores = [[0.5, 0.5, 0.1], [0.2, 0.5, 0.5], [0.3] * 20, [0.1, 0.3] + [0.3] * 18]
+    names = [["pos", "n1", "n2"], ["pos", "n1", "n2"], ["pos", *NEG], ["pos", *NEG]]
+    labels = [{"pos": 1.0}] * 4
+    m, ties = local_metrics(scores, names, labels)
+    _check(m, "ties")
+    assert ties == 2  # rows 0 and 2 have the positive tied with a negative
+    # pessimistic: a positive tied with any negative goes after it
+    p, ties_p = local_metrics(scores, names, labels, policy="pessimistic")
+    assert ties_p == 2 and p["hit@1"].tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert p["mrr@10"].tolist()[:2] == [0.5, 1 / 3]
+    with pytest.raises(ValueError, match="tie policy"):
+        local_metrics(scores, names, labels, policy="lucky")
 
 
-def test_local_ragged_and_nan_padding_agree() -> None:
-    ragged = [[0.9, 0.1], [0.2, 0.5, 0.1, 0.7]]
-    padded = np.array([[0.9, 0.1, np.nan, np.nan], [0.2, 0.5, 0.1, 0.7]])
-    assert local_ranks(ragged).tolist() == local_ranks(padded).tolist() == [1, 3]
-    assert local_ranks([[0.1, 0.9]], positive=1).tolist() == [1]
-    with pytest.raises(ValueError, match="positive"):
-        local_ranks([[np.nan, 0.3]])
+def test_repeated_positive_names_count_as_positive() -> None:
+    scores = [[0.1, 0.9, 0.5], [0.9, 0.8, 0.7, 0.1], [0.2, 0.9, 0.5]]
+    names = [["cat", "cat", "dog"], ["", "", "x", "y"], ["a", "b", "a"]]
+    m, _ = local_metrics(scores, names, [{"cat": 1.0}, {"": 1.0}, {"a": 1.0}])
+    _check(m, "repeated")
+    assert m["map@5"].max() > 1  # the reference's AP counts a repeated positive twice
 
 
-def test_global_graded_with_ties() -> None:
-    # columns 0, 2, 4 tie at 0.5; column 4 is judged non-relevant (grade 0) -> pessimistic order:
-    # col1 (0.9) rank 1, col4 rank 2, then tied relevant by ascending gain: col0 (g=1) rank 3, col2 (g=3) rank 4.
-    scores = np.array([[0.5, 0.9, 0.5, 0.1, 0.5]])
-    qrels = [{0: 1.0, 2: 3.0, 4: 0.0}]
-    ranks, gains = relevant_ranks(scores[0], [0, 2], [1.0, 3.0])
-    assert ranks.tolist() == [3, 4] and gains.tolist() == [1.0, 3.0]
-    m = global_metrics(scores, qrels, ks=(1, 3, 5))
-    dcg5 = 1 / L2(4) + 3 / L2(5)
-    idcg5 = 3 / L2(2) + 1 / L2(3)
-    assert m["ndcg@5"][0] == pytest.approx(dcg5 / idcg5)
-    assert m["ndcg@3"][0] == pytest.approx((1 / L2(4)) / idcg5)
-    assert m["ndcg@1"][0] == 0
-    assert m["hit@1"][0] == 0 and m["hit@3"][0] == 1
-    assert m["recall@3"][0] == 0.5 and m["recall@5"][0] == 1
-    assert m["mrr"][0] == pytest.approx(1 / 3)
-    assert m["map"][0] == pytest.approx((1 / 3 + 2 / 4) / 2)
-
-
-def test_global_strict_scores_and_ideal_from_full_qrels() -> None:
-    # 7 relevant docs (gain 1) occupy the top 7 -> nDCG@5 = 1 although recall@5 = 5/7
-    scores = np.arange(10, 0, -1, dtype=float)[None, :]
-    qrels = [dict.fromkeys(range(7), 1.0)]
-    m = global_metrics(scores, qrels, ks=(5,))
-    assert m["ndcg@5"][0] == pytest.approx(1.0) and m["recall@5"][0] == pytest.approx(5 / 7)
-    assert m["map"][0] == pytest.approx(1.0)
-    # best-graded doc at rank 2 behind a weaker relevant one: DCG = 1 + 2/log2(3), IDCG = 2 + 1/log2(3)
-    m = global_metrics(np.array([[0.9, 0.8, 0.1]]), [{0: 1.0, 1: 2.0}], ks=(5,))
+def test_graded_qrels_global() -> None:
+    scores = np.array([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [0.1, 0.8, 0.7, 0.6, 0.5, 0.4],
+                       [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]])
+    m, ties = global_metrics(scores, DOCS, [{"d3": 2.0}, {"d1": 1.0, "d5": 1.0}, {"7": 3.0}])
+    _check(m, "graded")
+    assert ties == 0
+    # two grades, by hand: ranked d2 (2), d1 (1): DCG = 2 + 1/log2(3); ideal the same -> 1
+    m, _ = global_metrics(np.array([[0.1, 0.9, 0.0, 0.0, 0.0, 0.0]]), DOCS, [{"d1": 1.0, "d2": 2.0}])
+    assert m["ndcg@5"][0] == pytest.approx(1.0)
+    m, _ = global_metrics(np.array([[0.9, 0.1, 0.0, 0.0, 0.0, 0.0]]), DOCS, [{"d1": 1.0, "d2": 2.0}])
     assert m["ndcg@5"][0] == pytest.approx((1 + 2 / L2(3)) / (2 + 1 / L2(3)))
 
 
-def test_global_multiple_queries_and_qrels_mapping() -> None:
-    scores = np.array([[0.1, 0.9, 0.3], [0.8, 0.2, 0.3]])
-    idx = qrels_to_indices({"qa": {"d2": 1}, "qb": {"d1": 1, "zz": 1}}, ["qa", "qb"], ["d1", "d2", "d3"])
-    assert idx == [{1: 1.0}, {0: 1.0}]
-    m = global_metrics(scores, idx, ks=(1,))
-    assert m["hit@1"].tolist() == [1, 1] and m["ndcg@1"].tolist() == [1, 1]
+def test_map_with_fewer_and_more_relevant_than_k() -> None:
+    names = [f"d{i}" for i in range(12)]
+    scores = np.vstack([np.linspace(1, 0, 12)] * 2)
+    m, _ = global_metrics(scores, names, [{"d1": 1.0, "d3": 1.0}, {f"d{i}": 1.0 for i in range(0, 12, 2)}])
+    _check(m, "map")
+    # by hand: relevant at ranks 2 and 4 -> (1/2 + 2/4) / min(2, 5)
+    assert m["map@5"][0] == pytest.approx((1 / 2 + 2 / 4) / 2)
+    # six relevant, k = 5: ranks 1, 3, 5 -> (1 + 2/3 + 3/5) / min(6, 5)
+    assert m["map@5"][1] == pytest.approx((1 + 2 / 3 + 3 / 5) / 5)
 
 
-def test_global_errors() -> None:
-    with pytest.raises(ValueError, match="no relevant"):
-        global_metrics(np.zeros((1, 3)), [{0: 0.0}])
+def test_query_metrics_by_hand() -> None:
+    q = query_metrics(["x", "a", "y", "b"], {"a": 1.0, "b": 1.0, "c": 1.0}, ks=(1, 2, 4))
+    assert q["hit@1"] == 0 and q["hit@2"] == 1 and q["mrr@4"] == 0.5
+    assert q["recall@4"] == pytest.approx(2 / 3) and q["precision@4"] == 0.5
+    assert q["ndcg@4"] == pytest.approx((1 / L2(3) + 1 / L2(5)) / (1 + 1 / L2(3) + 1 / L2(4)))
+
+
+def test_has_tie_and_errors() -> None:
+    assert has_tie(np.array([1.0, 1.0, 0.0]), np.array([True, False, False]))
+    assert not has_tie(np.array([1.0, 1.0, 0.0]), np.array([True, True, False]))
     with pytest.raises(ValueError, match="NaN"):
-        global_metrics(np.array([[np.nan, 1.0]]), [{0: 1.0}])
-    with pytest.raises(ValueError, match="shape"):
-        global_metrics(np.zeros((2, 3)), [{0: 1.0}])
-    with pytest.raises(ValueError, match="out of range"):
-        global_metrics(np.zeros((1, 3)), [{5: 1.0}])
+        local_metrics([[np.nan, 1.0]])
+    with pytest.raises(ValueError, match="no relevant"):
+        global_metrics(np.zeros((1, 2)), ["a", "b"], [{"a": 0.0}])
+    with pytest.raises(ValueError, match="does not match"):
+        global_metrics(np.zeros((2, 3)), ["a", "b", "c"], [{"a": 1.0}])
 
 
 def test_main_score_percent_and_per_query() -> None:
-    m = local_metrics([[1, 0], [0, 1], [1, 0], [1, 0]])
+    m, _ = local_metrics([[1, 0], [0, 1], [1, 0], [1, 0]])
     score, pq = main_score(m, "hit@1")
-    assert score == pytest.approx(75.0) and pq.tolist() == [1, 0, 1, 1]
+    assert score == 75.0 and pq.tolist() == [1, 0, 1, 1]
     with pytest.raises(KeyError, match="ndcg@7"):
         main_score(m, "ndcg@7")

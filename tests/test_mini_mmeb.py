@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from btoks.data import mini_mmeb
+from btoks.data.mini_mmeb.image_sets import build_digits_cls
+from btoks.data.mini_mmeb.sources import _facts
 
 NEEDED = ("easy_vqa", "sklearn", "skimage", "skvideo", "gensim", "av")
 pytestmark = pytest.mark.skipif(
@@ -172,8 +174,8 @@ def test_seed_changes_sampling_not_splits(tmp_path: Path) -> None:
     src = mini_mmeb.Sources()
     built = []
     for seed in (0, 1):
-        ctx = mini_mmeb.Ctx(seed, mini_mmeb.SIZES["quick"], mini_mmeb._Writer(tmp_path / str(seed)), src)
-        built.append(mini_mmeb.build_digits_cls(ctx))
+        ctx = mini_mmeb.Ctx(seed, mini_mmeb.SIZES["quick"], mini_mmeb.Writer(tmp_path / str(seed)), src)
+        built.append(build_digits_cls(ctx))
     assert built[0].eval_rows != built[1].eval_rows
     for b in built:
         assert all(int(s.split("/")[1]) % 5 == 0 for s in b.eval_sources)
@@ -191,9 +193,9 @@ def test_refuses_foreign_non_empty_dir(tmp_path: Path) -> None:
 
 def test_facts_from_easyvqa_questions() -> None:
     qs = [("is there a red shape?", "yes"), ("is there not a circle?", "no"), ("is no blue shape present?", "yes")]
-    assert mini_mmeb._facts(qs) == ("circle", "red")
-    assert mini_mmeb._facts([("what is the teal shape?", "triangle")]) == ("triangle", "teal")
-    assert mini_mmeb._facts([("does the image contain a rectangle?", "no")]) == (None, None)
+    assert _facts(qs) == ("circle", "red")
+    assert _facts([("what is the teal shape?", "triangle")]) == ("triangle", "teal")
+    assert _facts([("does the image contain a rectangle?", "no")]) == (None, None)
 
 
 def test_manifest_registers_with_the_eval_harness(quick) -> None:

@@ -65,8 +65,14 @@ def test_resume_after_crash_is_bit_exact(tmp_path):
     ckpts = sorted(p.name for p in (tmp_path / "crashed" / "checkpoints").glob("checkpoint-*"))
     assert ckpts == ["checkpoint-2", "checkpoint-4"]
     assert not list((tmp_path / "crashed" / "checkpoints").glob(".tmp-*"))
+    (tmp_path / "crashed" / "checkpoints" / ".tmp-checkpoint-killed").mkdir()  # what kill -9 leaves behind
+    (tmp_path / "crashed" / ".model.killed").mkdir()
     resumed = Trainer(_cfg(tmp_path / "crashed"))
     final = _trainable(resumed.train())
+    assert not list((tmp_path / "crashed").glob(".model.*"))
+    assert not list((tmp_path / "crashed" / "checkpoints").glob(".tmp-*"))
+    crashed_log = [json.loads(line) for line in (tmp_path / "crashed" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in crashed_log] == [1, 2, 3, 4, 5, 6]  # step 5 was logged, redone, logged once
     assert resumed.step == 6
     assert reference.keys() == final.keys()
     for name in reference:
@@ -115,3 +121,50 @@ def test_media_settings_reach_reader_and_backbone(tmp_path):
     assert trainer.model.backbone.image_processor.size["longest_edge"] == 56 * 56 * 4
     with pytest.raises(ValueError, match="video_frames must be >= 1"):
         _cfg(tmp_path, video_frames=0)
+
+
+def test_resume_refuses_a_different_configuration(tmp_path):
+    from btoks.train.rundir import ConfigMismatchError
+
+    Trainer(_cfg(tmp_path, max_steps=2)).train()
+    with pytest.raises(ConfigMismatchError, match=r"btoks.num_btoks 2 → 3.*--no-resume.*--output-dir"):
+        Trainer(_cfg(tmp_path, max_steps=2, btoks={"num_btoks": 3, "gen_weight": 1.0, "gen_steps": 4})).train()
+    with pytest.raises(ConfigMismatchError, match=r"lr 0.01 → 0.02"):
+        Trainer(_cfg(tmp_path, max_steps=2, lr=2e-2)).train()
+    Trainer(_cfg(tmp_path, max_steps=2, log_every=2, save_every=1)).train()  # bookkeeping may change
+    recorded = json.loads((tmp_path / "train_config.json").read_text())
+    assert recorded["lr"] == 1e-2 and recorded["fingerprint"]
+    fresh = Trainer(_cfg(tmp_path, max_steps=2, lr=2e-2, resume=False))  # start fresh: old run removed
+    fresh.train()
+    assert fresh.step == 2 and json.loads((tmp_path / "train_config.json").read_text())["lr"] == 2e-2
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2"]
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("lr=-1", "lr must be > 0"), ("lora=maybe", "lora must be true or false"),
+    ("seed=1e3", "seed must be an integer"), ("lora_dropout=1.5", "lora_dropout must be in"),
+    ("btoks.num_btoks=[", "invalid value"),
+])
+def test_config_values_are_validated(override, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_yaml("configs/tiny.yaml", [override])
+
+
+def test_yaml_syntax_error_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: tiny:llama\n  lr: [1\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: invalid YAML \(.* at line 2, column 5\)$"):
+        TrainConfig.from_yaml(bad)
+
+
+def test_presets_never_write_into_the_quickstart_folders():
+    """`btoks train mini-quick btoks.gen_weight=1` must not resume into (and replace) the quickstart's model."""
+    import yaml
+
+    from btoks.quickstart import ARMS
+    from btoks.train.config import preset_path
+
+    for name, quickstart_out in (("mini-quick", "runs/quickstart"), ("mini-full", "runs/quickstart-full")):
+        out = Path(yaml.safe_load(preset_path(name).read_text())["output_dir"])
+        assert not out.is_relative_to(quickstart_out), (name, out)
+        assert all(out != Path(quickstart_out, arm.name) for arm in ARMS)

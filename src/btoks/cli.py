@@ -8,6 +8,8 @@ import logging
 import sys
 from collections.abc import Callable
 
+from btoks.errors import USER_ERRORS
+
 # (name, module, add_args function, run function, one-line help) — modules are imported lazily so `--help` is fast
 # and a missing optional dependency only breaks its own subcommand.
 COMMANDS: list[tuple[str, str, str, str, str]] = [
@@ -24,7 +26,7 @@ COMMANDS: list[tuple[str, str, str, str, str]] = [
     ("serve", "btoks.serve.cli", "add_serve_args", "run_serve",
      "HTTP server: OpenAI-compatible /v1/embeddings, /search, /health (binds 127.0.0.1)"),
     ("data", "btoks.data.cli", "add_data_args", "run_data",
-     "build datasets: `btoks data mini-mmeb --out DIR` assembles the offline mini-MMEB benchmark"),
+     "data: `mini-mmeb` builds the offline benchmark, `download mmeb-v2` fetches MMEB-V2, `check ROOT` checks it"),
     ("analyze", "btoks.analysis.cli", "add_analyze_args", "run_analyze",
      "attention analysis: where target tokens and BToks put their attention, with and without the mask"),
     ("decode", "btoks.analysis.cli", "add_decode_args", "run_decode",
@@ -67,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     run: Callable[[argparse.Namespace], int | None] = args._run
     try:
         return int(run(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"btoks {args.command}: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:  # the user's to fix: one line, no traceback (-v shows it)
+        if args.verbose:
+            logging.exception("details")
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"btoks {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

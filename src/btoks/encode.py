@@ -23,7 +23,7 @@ import math
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,13 +32,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from btoks.data.errors import ENCODE_FAILED, InputError
 from btoks.data.media import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_NUM_FRAMES,
     IMAGE_EXTENSIONS,
-    MediaError,
+    VIDEO_EXTENSIONS,
     PdfPage,
     image_header_size,
+    kind_of,
     load_image,
     load_video,
     pdf_page_size,
@@ -48,9 +50,6 @@ from btoks.data.sample import Sample
 if TYPE_CHECKING:
     from btoks.model import BToksModel
 
-VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
-TEXT_EXTENSIONS = frozenset({".txt", ".md"})
-PDF_EXTENSIONS = frozenset({".pdf"})
 DICT_KEYS = frozenset({"text", "instruction", "image", "images", "video", "pdf", "page", "frames", "id"})
 MAX_TEXT_FILE_CHARS = 1_000_000
 """A text file is read up to this many characters (the model truncates to ``max_length`` tokens anyway)."""
@@ -58,14 +57,15 @@ MAX_TEXT_FILE_CHARS = 1_000_000
 ConvertTo = Literal["numpy", "torch"]
 
 
-class EncodeInputError(ValueError):
-    """An input could not be parsed, loaded or encoded; ``index`` is its position in the list passed in."""
+EncodeInputError = InputError
+"""Errors name the input's position (``err.index``); the one error type of :mod:`btoks.data.errors`."""
 
-    def __init__(self, index: int, detail: str, *, reason: str = "bad_input") -> None:
-        super().__init__(f"input {index}: {detail}")
-        self.index = index
-        self.detail = detail
-        self.reason = reason
+
+def _at(index: int, err: Exception, reason: str | None = None) -> InputError:
+    """``err`` as an :class:`InputError` located at input ``index``."""
+    if isinstance(err, InputError):
+        return err.at(index=index)
+    return InputError(str(err), index=index, reason=reason or getattr(err, "reason", "bad_input"))
 
 
 @dataclass
@@ -75,6 +75,8 @@ class EncodeOptions:
     num_frames: int = DEFAULT_NUM_FRAMES
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     pdf_scale: float = 1.0
+    decode_pixels: int | None = None
+    """Shrink bigger images while decoding (memory); ``None``: the model's own image budget."""
 
 
 @dataclass
@@ -98,7 +100,7 @@ class EncodeResult:
     """Output of :func:`encode_items`: one row per input (zeros where ``errors`` has the index)."""
 
     embeddings: torch.Tensor
-    errors: dict[int, EncodeInputError]
+    errors: dict[int, InputError]
     tokens: list[int]
     """Input tokens per input (text + vision placeholders, BToks excluded); 0 for failed inputs."""
 
@@ -111,22 +113,22 @@ def _is_frames(x: Any) -> bool:
 
 
 def _path_item(item: _Item, path: Path) -> None:
-    suffix = path.suffix.lower()
+    kind = kind_of(path)
     if path.is_dir():
         item.video = path
-    elif suffix in IMAGE_EXTENSIONS:
+    elif kind == "image":
         item.images.append(path)
-    elif suffix in VIDEO_EXTENSIONS:
+    elif kind == "video":
         item.video = path
-    elif suffix in PDF_EXTENSIONS:
+    elif kind == "pdf":
         item.images.append(PdfPage(str(path), 0))
-    elif suffix in TEXT_EXTENSIONS:
+    elif kind == "text":
         if not path.is_file():
             raise ValueError(f"{path}: file not found")
         item.text_file = path
     else:
         raise ValueError(
-            f"{path}: unsupported file type {suffix or '(no suffix)'!r} (images: "
+            f"{path}: unsupported file type {path.suffix.lower() or '(no suffix)'!r} (images: "
             f"{', '.join(sorted(IMAGE_EXTENSIONS))}; videos: {', '.join(sorted(VIDEO_EXTENSIONS))}; "
             ".pdf; .txt/.md)"
         )
@@ -190,7 +192,7 @@ def _dict_item(item: _Item, d: dict[str, Any]) -> None:
 
 
 def parse_input(x: Any, index: int, instruction: str | None = None) -> _Item:
-    """Classify one input without decoding pixels; raises :class:`EncodeInputError` naming ``index``."""
+    """Classify one input without decoding pixels; raises :class:`InputError` naming ``index``."""
     item = _Item(index=index, id=str(index))
     try:
         if isinstance(x, Sample):
@@ -222,10 +224,8 @@ def parse_input(x: Any, index: int, instruction: str | None = None) -> _Item:
                 f"unsupported input type {type(x).__name__} (expected str, Path, bytes, PIL image, "
                 "list of frames, dict or Sample)"
             )
-    except EncodeInputError:
-        raise
-    except (MediaError, ValueError, TypeError, OSError) as e:
-        raise EncodeInputError(index, str(e), reason=getattr(e, "reason", "bad_input")) from e
+    except (ValueError, TypeError, OSError) as e:
+        raise _at(index, e) from e
     if instruction and not item.instruction:
         item.instruction = instruction
     return item
@@ -236,6 +236,11 @@ def parse_input(x: Any, index: int, instruction: str | None = None) -> _Item:
 
 def _image_tokens(model: BToksModel, wh: tuple[float, float]) -> int:
     return model.backbone.image_token_estimate(*wh)
+
+
+def decode_budget(model: BToksModel) -> int:
+    """Pixels the model resizes an image to at most: decoding more only costs memory."""
+    return model.backbone.max_image_pixels
 
 
 def _estimate(item: _Item, model: BToksModel, opts: EncodeOptions) -> int:
@@ -283,25 +288,25 @@ def _load(item: _Item, opts: EncodeOptions) -> Sample:
         images = [
             src
             if isinstance(src, Image.Image)
-            else load_image(src, max_pixels=opts.max_pixels, pdf_scale=opts.pdf_scale)
+            else load_image(src, max_pixels=opts.max_pixels, pdf_scale=opts.pdf_scale,
+                            decode_pixels=opts.decode_pixels)
             for src in item.images
         ]
         images = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
         video = item.video
         if isinstance(video, Path):
-            video = load_video(video, num_frames=item.frames or opts.num_frames, max_pixels=opts.max_pixels)
+            video = load_video(video, num_frames=item.frames or opts.num_frames, max_pixels=opts.max_pixels,
+                               decode_pixels=opts.decode_pixels)
         elif isinstance(video, list):
             if opts.max_pixels is not None and video[0].size[0] * video[0].size[1] > opts.max_pixels:
-                raise MediaError(
+                raise InputError(
                     f"video frames of {video[0].size[0]}x{video[0].size[1]} exceed the pixel limit "
                     f"of {opts.max_pixels:,}",
                     reason="too_large",
                 )
             video = [f if f.mode == "RGB" else f.convert("RGB") for f in video]
-    except EncodeInputError:
-        raise
-    except (MediaError, ValueError, OSError) as e:
-        raise EncodeInputError(item.index, str(e), reason=getattr(e, "reason", "bad_input")) from e
+    except (ValueError, OSError) as e:
+        raise _at(item.index, e) from e
     return Sample(text=text, instruction=item.instruction, images=images, video=video, id=item.id)
 
 
@@ -358,23 +363,25 @@ def encode_items(
     n = len(inputs)
     out = torch.zeros((n, _hidden_size(model)), dtype=torch.float32)
     tokens = [0] * n
-    errors: dict[int, EncodeInputError] = {}
+    errors: dict[int, InputError] = {}
 
-    def fail(err: EncodeInputError) -> None:
+    def fail(err: InputError) -> None:
         if on_error == "raise":
             raise err
         errors[err.index] = err
 
+    if opts.decode_pixels is None:
+        opts = replace(opts, decode_pixels=decode_budget(model))
     items: list[_Item] = []
     for i, x in enumerate(inputs):
         try:
             item = parse_input(x, i, instruction)
             try:
                 item.length = _estimate(item, model, opts)
-            except (MediaError, ValueError, OSError) as e:
-                raise EncodeInputError(i, str(e), reason=getattr(e, "reason", "bad_input")) from e
+            except (ValueError, OSError) as e:
+                raise _at(i, e) from e
             items.append(item)
-        except EncodeInputError as e:
+        except InputError as e:
             fail(e)
     # Longest first (a memory problem shows up in the first batch, not after an hour); stable for ties.
     items.sort(key=lambda it: -it.length)
@@ -393,7 +400,7 @@ def encode_items(
             for item in batch:
                 try:
                     loaded.append((item, _load(item, opts)))
-                except EncodeInputError as e:
+                except InputError as e:
                     fail(e)
             if loaded:
                 try:
@@ -401,7 +408,7 @@ def encode_items(
                     results = [(it, emb[j], tok[j]) for j, (it, _) in enumerate(loaded)]
                 except (ValueError, RuntimeError, IndexError, TypeError) as batch_err:
                     if len(loaded) == 1:
-                        fail(EncodeInputError(loaded[0][0].index, str(batch_err), reason="encode_failed"))
+                        fail(_at(loaded[0][0].index, batch_err, ENCODE_FAILED))
                         results = []
                     else:  # find the culprit(s): one by one
                         results = []
@@ -410,7 +417,7 @@ def encode_items(
                                 e1, t1 = _run(model, [s])
                                 results.append((it, e1[0], t1[0]))
                             except (ValueError, RuntimeError, IndexError, TypeError) as e:
-                                fail(EncodeInputError(it.index, str(e), reason="encode_failed"))
+                                fail(_at(it.index, e, ENCODE_FAILED))
                 for it, vec, t in results:
                     out[it.index] = vec
                     tokens[it.index] = t

@@ -170,9 +170,16 @@ class BToksModel(nn.Module):
         return prefix, suffix
 
     def apply_lora(self, r: int = 16, alpha: int = 32, dropout: float = 0.05, dora: bool = True,
-                   init: str | bool = "gaussian", target_modules: list[str] | None = None) -> None:
+                   init: str | bool = "gaussian", autocast_adapter_dtype: bool = False,
+                   target_modules: list[str] | None = None) -> None:
         """LoRA/DoRA (peft); BTok embedding rows stay trainable via trainable tokens. ``target_modules``
-        (module-name suffixes, peft's matching) overrides the backbone's default set."""
+        (module-name suffixes, peft's matching) overrides the backbone's default set (the LLM projections).
+
+        Adapters are kept in the model's dtype: peft's default (``autocast_adapter_dtype=True``) upcasts them to
+        fp32 on a bf16 model, which makes every adapter activation saved for backward fp32 (+45 % saved bytes
+        per chunk at Qwen2-VL-2B's shape, docs/benchmarks.md). With ``dora`` and ``dropout > 0`` peft runs
+        each base linear layer a second time on the dropped-out input (1.4x a step's FLOPs at that shape).
+        """
         from peft import LoraConfig, get_peft_model
 
         extra = {"trainable_token_indices": {self.backbone.embedding_module_name: self.btok_ids}} \
@@ -181,7 +188,7 @@ class BToksModel(nn.Module):
                           target_modules=list(target_modules) if target_modules else
                           self.backbone.lora_target_modules,
                           modules_to_save=self.backbone.modules_to_save or None, **extra)
-        self.peft_model = get_peft_model(self.backbone.model, lora)
+        self.peft_model = get_peft_model(self.backbone.model, lora, autocast_adapter_dtype=autocast_adapter_dtype)
 
     @property
     def device(self) -> torch.device:

@@ -6,8 +6,8 @@
 """
 
 from btoks.analysis.attention import analyze_attention, attention_shares, write_attention_report
-from btoks.analysis.common import load_gic_samples, load_model
+from btoks.analysis.common import load_gic_samples
 from btoks.analysis.decode import decode_btoks
 
-__all__ = ["analyze_attention", "attention_shares", "decode_btoks", "load_gic_samples", "load_model",
+__all__ = ["analyze_attention", "attention_shares", "decode_btoks", "load_gic_samples",
            "write_attention_report"]

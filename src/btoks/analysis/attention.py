@@ -98,7 +98,7 @@ def attention_shares(model: BToksModel, samples: Sequence[Any]) -> dict[str, np.
         attentions = getattr(res, "attentions", None)
         if not attentions or any(a is None for a in attentions):
             raise ValueError("the backbone returned no attention weights: load it with eager attention "
-                             "(btoks.analysis.common.use_eager_attention)")
+                             "(btoks.load(..., eager=True))")
         for att in attentions:
             att = att.float()
             out[mode].append(_shares(att, is_t, (is_x, is_b, is_t)))

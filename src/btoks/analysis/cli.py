@@ -52,12 +52,13 @@ def add_analyze_args(p: argparse.ArgumentParser) -> None:
 
 def run_analyze(args: argparse.Namespace) -> int:
     from btoks.analysis.attention import analyze_attention, write_attention_report
-    from btoks.analysis.common import load_gic_samples, load_model
+    from btoks.analysis.common import load_gic_samples
+    from btoks.loading import load
 
     if args.analysis != "attention":  # pragma: no cover - argparse restricts the choices
         raise ValueError(f"unknown analysis {args.analysis!r}")
     samples = load_gic_samples(args.data, datasets=args.datasets, limit=args.limit, ntp_side=args.ntp_side)
-    model = load_model(args.model, args.num_btoks, eager=True, device=args.device)
+    model = load(args.model, num_btoks=args.num_btoks, eager=True, device=args.device, merge=False)
     counts: dict[str, int] = {}
     for g in samples:
         counts[g.dataset] = counts.get(g.dataset, 0) + 1
@@ -96,9 +97,10 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_decode(args: argparse.Namespace) -> int:
-    from btoks.analysis.common import load_gic_samples, load_model
+    from btoks.analysis.common import load_gic_samples
     from btoks.analysis.decode import decode_btoks
     from btoks.data.sample import Sample
+    from btoks.loading import load
 
     if (args.input is None) == (args.data is None):
         raise ValueError("give either INPUT (text, optionally with --image) or --data DIR, not both or neither")
@@ -117,7 +119,7 @@ def run_decode(args: argparse.Namespace) -> int:
                 raise FileNotFoundError(f"image {path} not found")
             images.append(load_image(path))
         rows = [("input", Sample(text=args.input, instruction=args.instruction, images=images))]
-    model = load_model(args.model, args.num_btoks, device=args.device)
+    model = load(args.model, num_btoks=args.num_btoks, device=args.device, merge=False)
     texts = decode_btoks(model, [s for _, s in rows], args.max_new_tokens, kv_mode=args.kv_mode)
     records = []
     for (ds, s), text in zip(rows, texts, strict=True):

@@ -1,4 +1,4 @@
-"""Shared plumbing of the analysis tools: load a model (saved BToks model or bare backbone) and GIC samples."""
+"""Shared plumbing of the analysis tools: GIC samples (models come from :func:`btoks.load`)."""
 
 from __future__ import annotations
 
@@ -7,51 +7,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from btoks.config import CONFIG_NAME, BToksConfig, check_ntp_side
+from btoks.config import check_ntp_side
 from btoks.data.readers import read_train
 from btoks.data.sample import Sample
-from btoks.model import BToksModel
 
 log = logging.getLogger(__name__)
-
-
-def load_model(spec: str | Path, num_btoks: int = 4, *, eager: bool = False,
-               device: str | None = None) -> BToksModel:
-    """A saved BToks model (its folder, or a training run folder holding ``model/``), or a backbone name
-    (hub name / path, ``btoks-mini``, ``tiny:<family>``) wrapped with ``num_btoks`` fresh BToks.
-
-    ``eager`` switches attention to the eager implementation, the only one that returns attention weights.
-    """
-    path = Path(spec)
-    if (path / CONFIG_NAME).is_file():
-        model = BToksModel.from_pretrained(path)
-    elif (path / "model" / CONFIG_NAME).is_file():
-        model = BToksModel.from_pretrained(path / "model")
-    elif path.is_dir() and not (path / "config.json").is_file():
-        raise ValueError(f"{spec}: neither a saved BToks model ({CONFIG_NAME}) nor a Hugging Face model folder")
-    else:
-        try:
-            model = BToksModel.from_backbone(str(spec), BToksConfig(num_btoks=num_btoks))
-        except OSError as e:
-            raise ValueError(f"cannot load model {str(spec)!r}: {e}") from e
-    if eager:
-        use_eager_attention(model)
-    if device:
-        model.to(device)
-    return model.eval()
-
-
-def use_eager_attention(model: BToksModel) -> None:
-    """Switch every attention module of the backbone to ``eager`` (sdpa/flash return no attention weights)."""
-    hf = model.model
-    try:
-        hf.set_attn_implementation("eager")
-    except (AttributeError, ValueError, ImportError, NotImplementedError) as e:
-        log.debug("set_attn_implementation failed (%s); setting the configs directly", e)
-    for module in hf.modules():  # sub-models that set_attn_implementation did not reach (composed models)
-        cfg = getattr(module, "config", None)
-        if cfg is not None and getattr(cfg, "_attn_implementation", "eager") != "eager":
-            cfg._attn_implementation = "eager"
 
 
 @dataclass

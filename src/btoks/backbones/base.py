@@ -155,6 +155,11 @@ class Backbone(ABC):
         """1-D positions over the valid tokens (either padding side); M-RoPE families override."""
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
+    @property
+    def max_image_pixels(self) -> int:
+        """Pixels an image is resized to at most (decoding more only costs memory)."""
+        return 28 * 28 * 1280
+
     def image_token_estimate(self, width: float, height: float) -> int:
         """Rough token count of one image at this size, for length bucketing before decoding. The default
         is the Qwen-VL dynamic-resolution rule with its usual sizes; fixed-resolution families override."""

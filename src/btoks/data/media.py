@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import re
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,27 +20,45 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from btoks.data.errors import (
+    BROKEN_PDF,
+    CORRUPT_IMAGE,
+    MISSING,
+    PATH_ESCAPE,
+    TOO_LARGE,
+    UNREADABLE_VIDEO,
+    InputError,
+)
+
 DEFAULT_MAX_PIXELS = 64_000_000
 """Largest image (width x height) decoded by default; bigger headers are refused before decoding."""
+DEFAULT_DECODE_PIXELS = 4 * 28 * 28 * 1280
+"""Decode budget when the caller does not know its model's: 4x the paper's Qwen-VL image budget (~4 MP)."""
+MIN_DECODE_EDGE = 256
+"""A reduced image keeps at least this shorter side (fixed-resolution towers resize to a 224-px square)."""
 DEFAULT_NUM_FRAMES = 8
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+"""PIL plugins we let open anything (paths, bytes, data URLs); the rest (EPS, PSD, ...) are refused."""
+
+# One vocabulary of media kinds, by file suffix, shared by readers, ``encode`` and ``btoks index``.
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"})
+PDF_EXTENSIONS = frozenset({".pdf"})
+TEXT_EXTENSIONS = frozenset({".txt", ".md"})
+MEDIA_KINDS: dict[str, frozenset[str]] = {
+    "image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS, "pdf": PDF_EXTENSIONS, "text": TEXT_EXTENSIONS,
+}
+KNOWN_EXTENSIONS = frozenset().union(*MEDIA_KINDS.values())
 
-# Machine-readable reasons (skip counters group by these).
-MISSING = "missing_file"
-CORRUPT_IMAGE = "corrupt_image"
-TOO_LARGE = "too_large"
-UNREADABLE_VIDEO = "unreadable_video"
-BROKEN_PDF = "broken_pdf"
-PATH_ESCAPE = "path_escape"
+MediaError = InputError
+"""Media failures are :class:`~btoks.data.errors.InputError` (the one error type for unusable inputs)."""
 
 
-class MediaError(ValueError):
-    """A media file could not be used; ``str(err)`` names the file, ``reason`` is one of the constants above."""
-
-    def __init__(self, message: str, *, path: str | Path | None = None, reason: str = "media_error") -> None:
-        super().__init__(message)
-        self.path = None if path is None else str(path)
-        self.reason = reason
+def kind_of(path: str | Path) -> str | None:
+    """``image``, ``video``, ``pdf`` or ``text`` from the file suffix (case-insensitive); ``None`` if unknown.
+    A folder is not classified here (a frame folder is a video only where a caller expects one)."""
+    suffix = Path(path).suffix.lower()
+    return next((kind for kind, exts in MEDIA_KINDS.items() if suffix in exts), None)
 
 
 @dataclass(frozen=True)
@@ -57,18 +75,19 @@ ImageSource = str | Path | bytes | PdfPage | dict
 
 
 def resolve_path(path: str | Path, root: str | Path | None = None) -> Path:
-    """Resolve ``path`` against ``root``; a relative path that escapes the root (``..``, symlinks) is refused.
+    """Resolve ``path`` inside ``root``; a path that leaves the root (absolute, ``..``, symlinks) is refused.
 
-    Absolute paths are taken as given: they were written by whoever built the table, not by a row's author
-    climbing out of the data folder.
+    A data table is input like any other: its rows must not name ``/etc/passwd`` or climb out of the folder
+    the user pointed at. Without a ``root`` (a path the caller typed itself) the path is taken as given.
     """
     p = Path(path)
-    if p.is_absolute() or root is None:
+    if root is None:
         return p
     base = Path(root).resolve()
-    full = (base / p).resolve()
+    full = (base / p).resolve()  # an absolute ``p`` replaces ``base``: allowed only if it lies inside it
     if not full.is_relative_to(base):
-        raise MediaError(f"{path}: path escapes the data root {base}", path=path, reason=PATH_ESCAPE)
+        what = "absolute path outside" if p.is_absolute() else "path escapes"
+        raise MediaError(f"{path}: {what} the data root {base}", path=path, reason=PATH_ESCAPE)
     return full
 
 
@@ -100,32 +119,62 @@ def _check_pixels(size: tuple[int, int], max_pixels: int | None, name: str) -> N
 
 @contextlib.contextmanager
 def _image_errors(name: str) -> Iterator[None]:
-    """Map PIL's failures (bomb guard, missing file, undecodable data) to one ``MediaError`` naming the file."""
+    """Map PIL's failures (bomb guard, missing file, undecodable data) to one ``MediaError`` naming the file.
+
+    No ``warnings.catch_warnings()`` here: entering it resets Python's once-per-location registry, so every
+    image decoded would re-print unrelated warnings (a FutureWarning at each training step).
+    """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            yield
+        yield
     except MediaError:
         raise
     except Image.DecompressionBombError as e:
         raise MediaError(f"{name}: {e}", path=name, reason=TOO_LARGE) from e
     except FileNotFoundError as e:
         raise MediaError(f"{name}: file not found", path=name, reason=MISSING) from e
+    except Image.UnidentifiedImageError as e:
+        raise MediaError(f"{name}: cannot decode image (not a readable {', '.join(IMAGE_FORMATS)} file)",
+                         path=name, reason=CORRUPT_IMAGE) from e
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise MediaError(f"{name}: cannot decode image ({e})", path=name, reason=CORRUPT_IMAGE) from e
 
 
-def _open_image(fp: Any, name: str, max_pixels: int | None) -> Image.Image:
-    """Open lazily, check the header size, then decode; PIL's own bomb guard is mapped to ``MediaError``."""
+def reduce_factor(size: tuple[int, int], decode_pixels: int | None) -> int:
+    """Largest integer shrink that keeps ``decode_pixels`` pixels and a ``MIN_DECODE_EDGE`` shorter side.
+
+    The model resizes to at most ``decode_pixels`` anyway, so decoding bigger only costs memory; staying at or
+    above the budget keeps the model's own resize the one that sets the final size.
+    """
+    if not decode_pixels:
+        return 1
+    w, h = size
+    by_area = math.isqrt(max(w * h // decode_pixels, 1))
+    return max(1, min(by_area, min(w, h) // MIN_DECODE_EDGE))
+
+
+def _open_image(fp: Any, name: str, max_pixels: int | None, decode_pixels: int | None = None) -> Image.Image:
+    """Open lazily (whitelisted formats only), check the header size, decode within the pixel budget, to RGB.
+
+    JPEGs decode straight at a reduced scale (draft mode); other formats are box-reduced right after decoding,
+    so the full-size buffer lives only for the duration of this call.
+    """
     with _image_errors(name):
-        img = Image.open(fp)
+        img = Image.open(fp, formats=IMAGE_FORMATS)
+        out = img
         try:
             _check_pixels(img.size, max_pixels, name)
+            factor = reduce_factor(img.size, decode_pixels)
+            if factor > 1 and img.format in ("JPEG", "MPO"):
+                img.draft("RGB", (img.size[0] // factor, img.size[1] // factor))
+                factor = reduce_factor(img.size, decode_pixels)
             img.load()
-        except BaseException:
-            img.close()
-            raise
-    return img
+            out = _to_rgb(img)
+            if factor > 1:
+                out = out.reduce(factor)
+        finally:
+            if out is not img:  # release the full-size decode (and its file) now, not at garbage collection
+                img.close()
+    return out
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -146,7 +195,7 @@ def image_header_size(src: ImageSource, root: str | Path | None = None) -> tuple
         w, h = pdf_page_size(src.path, src.page, root=root)
         return round(w), round(h)
     fp, name = _image_fp(src, root)
-    with _image_errors(name), Image.open(fp) as img:
+    with _image_errors(name), Image.open(fp, formats=IMAGE_FORMATS) as img:
         return img.size
 
 
@@ -173,12 +222,17 @@ def load_image(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     pdf_scale: float = 1.0,
+    decode_pixels: int | None = None,
 ) -> Image.Image:
-    """Decode one image (path, bytes, HF image dict or :class:`PdfPage`) to RGB."""
+    """Decode one image (path, bytes, HF image dict or :class:`PdfPage`) to RGB.
+
+    ``max_pixels`` refuses bigger headers; ``decode_pixels`` (the model's image budget) shrinks bigger images
+    by an integer factor while decoding (``None``: full size).
+    """
     if isinstance(src, PdfPage):
         return render_pdf_page(src.path, src.page, root=root, scale=pdf_scale, max_pixels=max_pixels)
     fp, name = _image_fp(src, root)
-    return _to_rgb(_open_image(fp, name, max_pixels))
+    return _open_image(fp, name, max_pixels, decode_pixels)
 
 
 # ---------------------------------------------------------------- video
@@ -187,7 +241,7 @@ def load_image(
 def list_frame_files(folder: str | Path) -> list[Path]:
     """Image files in a frame folder, naturally sorted (``2.jpg`` before ``10.jpg``)."""
     return sorted(
-        (p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+        (p for p in Path(folder).iterdir() if kind_of(p) == "image" and p.is_file()),
         key=lambda p: natural_key(p.name),
     )
 
@@ -198,17 +252,20 @@ def load_video(
     *,
     num_frames: int = DEFAULT_NUM_FRAMES,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    decode_pixels: int | None = None,
 ) -> list[Image.Image]:
-    """``num_frames`` RGB frames sampled uniformly from a frame folder or a video file (PyAV)."""
+    """``num_frames`` RGB frames sampled uniformly from a frame folder or a video file (PyAV), each shrunk to
+    the ``decode_pixels`` budget while decoding (see :func:`load_image`)."""
     full = resolve_path(path, root)
     if full.is_dir():
         frames = list_frame_files(full)
         if not frames:
             raise MediaError(f"{full}: frame folder has no image files", path=full, reason=UNREADABLE_VIDEO)
-        return [load_image(frames[i], max_pixels=max_pixels) for i in uniform_indices(len(frames), num_frames)]
+        return [load_image(frames[i].name, full, max_pixels=max_pixels, decode_pixels=decode_pixels)
+                for i in uniform_indices(len(frames), num_frames)]
     if not full.exists():
         raise MediaError(f"{full}: video not found", path=full, reason=MISSING)
-    return _decode_video_file(full, num_frames, max_pixels)
+    return _decode_video_file(full, num_frames, max_pixels, decode_pixels)
 
 
 def _count_frames(full: Path) -> int:
@@ -218,7 +275,8 @@ def _count_frames(full: Path) -> int:
         return sum(1 for _ in container.decode(video=0))
 
 
-def _decode_video_file(full: Path, num_frames: int, max_pixels: int | None) -> list[Image.Image]:
+def _decode_video_file(full: Path, num_frames: int, max_pixels: int | None,
+                       decode_pixels: int | None = None) -> list[Image.Image]:
     import av
 
     name = str(full)
@@ -227,7 +285,10 @@ def _decode_video_file(full: Path, num_frames: int, max_pixels: int | None) -> l
             if not container.streams.video:
                 raise MediaError(f"{name}: no video stream", path=full, reason=UNREADABLE_VIDEO)
             stream = container.streams.video[0]
-            _check_pixels((stream.codec_context.width, stream.codec_context.height), max_pixels, name)
+            size = (stream.codec_context.width, stream.codec_context.height)
+            _check_pixels(size, max_pixels, name)
+            factor = reduce_factor(size, decode_pixels)
+            scaled = {"width": max(1, size[0] // factor), "height": max(1, size[1] // factor)} if factor > 1 else {}
             total = stream.frames or 0
         if total <= 0:  # container does not store the count: one cheap counting pass
             total = _count_frames(full)
@@ -240,7 +301,7 @@ def _decode_video_file(full: Path, num_frames: int, max_pixels: int | None) -> l
                 for i, frame in enumerate(container.decode(video=0)):
                     seen = i + 1
                     if i in wanted and i not in picked:
-                        picked[i] = frame.to_image().convert("RGB")
+                        picked[i] = frame.to_image(**scaled).convert("RGB")
                     if wanted and i >= wanted[-1]:
                         break
             if wanted and all(i in picked for i in wanted):
@@ -368,12 +429,16 @@ class MediaConfig:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     num_frames: int = DEFAULT_NUM_FRAMES
     pdf_scale: float = 1.0
+    decode_pixels: int | None = DEFAULT_DECODE_PIXELS
+    """Images and frames larger than this are shrunk while decoding (set it to the model's image budget)."""
 
     def image(self, src: ImageSource) -> Image.Image:
-        return load_image(src, self.root, max_pixels=self.max_pixels, pdf_scale=self.pdf_scale)
+        return load_image(src, self.root, max_pixels=self.max_pixels, pdf_scale=self.pdf_scale,
+                          decode_pixels=self.decode_pixels)
 
     def video(self, path: str | Path) -> list[Image.Image]:
-        return load_video(path, self.root, num_frames=self.num_frames, max_pixels=self.max_pixels)
+        return load_video(path, self.root, num_frames=self.num_frames, max_pixels=self.max_pixels,
+                          decode_pixels=self.decode_pixels)
 
     def check_image(self, src: ImageSource, level: str = "header") -> None:
         """Validate without keeping pixels: ``exists`` (stat), ``header`` (size/format), ``full`` (decode)."""

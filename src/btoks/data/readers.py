@@ -14,72 +14,29 @@ import csv
 import hashlib
 import json
 import re
-from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypeVar, overload
 
 import numpy as np
 from tqdm import tqdm
 
-from btoks.data.media import MediaConfig, MediaError, PdfPage
+from btoks.data.errors import BAD_ROW, EMPTY, NO_QRELS, InputError, OnError, SkipLog
+from btoks.data.media import MediaConfig, PdfPage
 from btoks.data.mixture import MixtureSampler
 from btoks.data.sample import IMAGE_TOKEN, VIDEO_TOKEN, Sample
 
-OnError = Literal["raise", "skip"]
+T = TypeVar("T")
 CheckLevel = Literal["none", "exists", "header", "full"]
 NtpSide = Literal["positive", "query", "both", "none"]
-
-EMPTY = "empty"
-BAD_ROW = "bad_row"
-NO_QRELS = "no_qrels"
 TABLE_EXTENSIONS = (".jsonl", ".json", ".parquet", ".tsv", ".csv")
 
 _IMAGE_MARK = re.compile(r"<\|image_\d+\|>|<\|image\|>")
 _VIDEO_MARK = re.compile(r"<\|video_\d+\|>|<\|video\|>")
 
-
-class DataError(ValueError):
-    """A row that cannot be used. The message always names the dataset, the 0-based row and the file."""
-
-    def __init__(self, dataset: str, row: int | str, message: str, *, file: str | None = None,
-                 reason: str = BAD_ROW) -> None:
-        where = f"{dataset}: row {row}"
-        super().__init__(f"{where}: {file}: {message}" if file else f"{where}: {message}")
-        self.dataset, self.row, self.file, self.reason = dataset, row, file, reason
-
-    @classmethod
-    def from_media(cls, dataset: str, row: int | str, err: MediaError) -> DataError:
-        msg = str(err)
-        if err.path and msg.startswith(f"{err.path}: "):
-            msg = msg[len(err.path) + 2:]
-        return cls(dataset, row, msg, file=err.path, reason=err.reason)
-
-
-@dataclass
-class SkipLog:
-    """Counts of skipped rows per reason plus the first few messages, so a report can show what was dropped."""
-
-    dataset: str = ""
-    counts: Counter = field(default_factory=Counter)
-    examples: list[str] = field(default_factory=list)
-    max_examples: int = 5
-
-    def add(self, err: DataError) -> None:
-        self.counts[err.reason] += 1
-        if len(self.examples) < self.max_examples:
-            self.examples.append(str(err))
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(sorted(self.counts.items()))
-
-    def __bool__(self) -> bool:
-        return self.total > 0
+DataError = InputError
+"""Reader errors are :class:`~btoks.data.errors.InputError` naming dataset, row and file."""
 
 
 # ---------------------------------------------------------------- specs
@@ -116,7 +73,7 @@ class SampleSpec:
         return out + ([self.video] if self.video else [])
 
     def check(self, media: MediaConfig, level: CheckLevel) -> None:
-        """Raise :class:`MediaError` when a referenced file is unusable at the given depth."""
+        """Raise :class:`InputError` when a referenced file is unusable at the given depth."""
         for img in self.images:
             media.check_image(img, level)
         if self.video:
@@ -151,10 +108,16 @@ def make_spec(text: Any = "", instruction: Any = "", images: Iterable[ImageRef] 
     video = str(video) if video else None
     text, instruction = normalize_markers(_str(text)), normalize_markers(_str(instruction))
     if not images:
-        text, instruction = text.replace(IMAGE_TOKEN, "").strip(), instruction.replace(IMAGE_TOKEN, "").strip()
+        text, instruction = _drop(text, IMAGE_TOKEN), _drop(instruction, IMAGE_TOKEN)
     if not video:
-        text, instruction = text.replace(VIDEO_TOKEN, "").strip(), instruction.replace(VIDEO_TOKEN, "").strip()
+        text, instruction = _drop(text, VIDEO_TOKEN), _drop(instruction, VIDEO_TOKEN)
     return SampleSpec(text=text, instruction=instruction, images=images, video=video, id=id, target=target)
+
+
+def _drop(text: str, marker: str) -> str:
+    """``text`` without ``marker`` (stripped only when one was removed: other whitespace is kept verbatim, the
+    reference's prompts rely on it)."""
+    return text.replace(marker, "").strip() if marker in text else text
 
 
 def _str(x: Any) -> str:
@@ -195,7 +158,7 @@ class _Interner:
         self.media, self.check = media, check
         self._specs: dict[tuple, SampleSpec] = {}
         self._raw: dict[Any, SampleSpec] = {}
-        self._errors: dict[int, MediaError | bool | None] = {}  # by id() of interned specs (kept alive)
+        self._errors: dict[int, InputError | bool | None] = {}  # by id() of interned specs (kept alive)
 
     def __call__(self, spec: SampleSpec) -> SampleSpec:
         key = (*spec.key(), spec.id, spec.target)
@@ -211,9 +174,10 @@ class _Interner:
             hit = self._raw[raw] = self(make())
         return hit
 
-    def validate(self, spec: SampleSpec, dataset: str, row: int | str) -> None:
+    def validate(self, spec: SampleSpec, dataset: str, row: int | str, *, allow_empty: bool = False) -> None:
         """Check an *interned* spec (the cache is keyed by object identity, safe because ``self`` keeps every
-        interned spec alive)."""
+        interned spec alive). ``allow_empty`` accepts a sample with nothing to embed (a blank answer option is
+        still a candidate)."""
         sid = id(spec)
         if sid not in self._errors:
             if spec.is_empty:
@@ -222,13 +186,13 @@ class _Interner:
                 try:
                     spec.check(self.media, self.check)
                     self._errors[sid] = None
-                except MediaError as e:
+                except InputError as e:
                     self._errors[sid] = e
         err = self._errors[sid]
-        if err is True:
-            raise DataError(dataset, row, "empty sample: no text and no media", reason=EMPTY)
-        if isinstance(err, MediaError):
-            raise DataError.from_media(dataset, row, err)
+        if err is True and not allow_empty:
+            raise InputError("empty sample: no text and no media", dataset=dataset, row=row, reason=EMPTY)
+        if isinstance(err, InputError):
+            raise err.at(dataset=dataset, row=row)
 
 
 # ---------------------------------------------------------------- lazy containers
@@ -239,7 +203,7 @@ class LazySamples(Sequence[Sample]):
     :class:`DataError` naming the dataset, the source row and the file."""
 
     def __init__(self, specs: Sequence[SampleSpec], media: MediaConfig, dataset: str = "",
-                 rows: Sequence[int] | int | None = None) -> None:
+                 rows: Sequence[int | str] | int | None = None) -> None:
         self.specs = list(specs)
         self.media, self.dataset = media, dataset
         self._rows = rows
@@ -247,10 +211,11 @@ class LazySamples(Sequence[Sample]):
     def __len__(self) -> int:
         return len(self.specs)
 
-    def row_of(self, i: int) -> int:
+    def row_of(self, i: int) -> int | str:
+        """The source row of sample ``i`` (an index, or ``"corpus 3"`` style for multi-table sets)."""
         if self._rows is None:
             return i
-        return self._rows if isinstance(self._rows, int) else int(self._rows[i])
+        return self._rows if isinstance(self._rows, int) else self._rows[i]
 
     @overload
     def __getitem__(self, i: int) -> Sample: ...
@@ -263,8 +228,8 @@ class LazySamples(Sequence[Sample]):
             i += len(self)
         try:
             return self.specs[i].load(self.media)
-        except MediaError as e:
-            raise DataError.from_media(self.dataset, self.row_of(i), e) from e
+        except InputError as e:
+            raise e.at(dataset=self.dataset, row=self.row_of(i)) from e
 
     def __repr__(self) -> str:
         return f"LazySamples({self.dataset!r}, n={len(self)})"
@@ -296,8 +261,8 @@ class TrainPairSpec:
                 negative=self.negative.load(media) if self.negative else None,
                 dataset=self.dataset,
             )
-        except MediaError as e:
-            raise DataError.from_media(self.dataset, self.row, e) from e
+        except InputError as e:
+            raise e.at(dataset=self.dataset, row=self.row) from e
 
 
 class TrainSet(Sequence[TrainPair]):
@@ -346,44 +311,76 @@ class ConcatTrainSets(Sequence[TrainPair]):
 
 @dataclass
 class EvalLocal:
-    """Rows ranked over their own candidates (MMEB image/video eval); candidate 0 of each row is the positive."""
+    """Rows whose query ranks the row's own candidates (MMEB image/video eval).
+
+    Candidates carry *names* (the reference harness's ``cand_names``: the label text, the image path, the clip
+    folder, ...): a name is embedded once per dataset (first occurrence) and every candidate with a relevant
+    name counts as relevant. Without explicit names, a candidate's name is its content and candidate 0 of each
+    row is the one positive. ``corpus`` holds extra named candidates that exist only for global ranking (the
+    label set of a video classification set).
+    """
 
     dataset: str
     queries: LazySamples
     candidates: list[LazySamples]
     rows: list[int]
     skipped: SkipLog
+    cand_names: list[list[str]] | None = None
+    labels: list[dict[str, float]] | None = None
+    corpus: list[tuple[str, SampleSpec]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.queries)
 
-    def dedup_candidates(self) -> tuple[LazySamples, list[np.ndarray]]:
-        """Distinct candidates (same instruction, text and media) and, per row, indices into them, so a
-        1000-label classification set encodes 1000 candidates instead of 1000 x 1000."""
-        index: dict[tuple, int] = {}
-        by_obj: dict[int, int] = {}  # readers intern specs, so identity is a fast path to the key lookup
+    def names(self, i: int) -> list[str]:
+        if self.cand_names is not None:
+            return self.cand_names[i]
+        return [_content_name(s) for s in self.candidates[i].specs]
+
+    def label(self, i: int) -> dict[str, float]:
+        return self.labels[i] if self.labels is not None else {self.names(i)[0]: 1.0}
+
+    def dedup_candidates(self) -> tuple[LazySamples, list[np.ndarray], list[str]]:
+        """Distinct candidates by name (first occurrence, rows in order then ``corpus``), per row the indices
+        into them, and the names: a 1000-label classification set encodes 1000 candidates, not 1000 x 1000."""
+        index: dict[str, int] = {}
         unique: list[SampleSpec] = []
         first_row: list[int] = []
         per_row: list[np.ndarray] = []
-        for row, cands in zip(self.rows, self.candidates, strict=True):
+        for i, (row, cands) in enumerate(zip(self.rows, self.candidates, strict=True)):
             ids = np.empty(len(cands), dtype=np.int64)
-            for j, spec in enumerate(cands.specs):
-                u = by_obj.get(id(spec))
-                if u is None:
-                    k = spec.key()
-                    if k not in index:
-                        index[k] = len(unique)
-                        unique.append(spec)
-                        first_row.append(row)
-                    u = by_obj[id(spec)] = index[k]
-                ids[j] = u
+            for j, (name, spec) in enumerate(zip(self.names(i), cands.specs, strict=True)):
+                if name not in index:
+                    index[name] = len(unique)
+                    unique.append(spec)
+                    first_row.append(row)
+                ids[j] = index[name]
             per_row.append(ids)
-        return LazySamples(unique, self.queries.media, self.dataset, first_row), per_row
+        for name, spec in self.corpus:
+            if name not in index:
+                index[name] = len(unique)
+                unique.append(spec)
+                first_row.append(-1)
+        return LazySamples(unique, self.queries.media, self.dataset, first_row), per_row, list(index)
+
+    def to_global(self) -> EvalGlobal:
+        """The same queries ranked against every distinct candidate (the reference's ``eval_type: global``):
+        corpus = all names in first-occurrence order, relevant = each row's label names."""
+        corpus, _, names = self.dedup_candidates()
+        qids = [str(r) for r in self.rows]
+        return EvalGlobal(dataset=self.dataset, queries=self.queries, query_ids=qids, corpus=corpus,
+                          corpus_ids=names, qrels={q: self.label(i) for i, q in enumerate(qids)},
+                          skipped=self.skipped)
+
+
+def _content_name(spec: SampleSpec) -> str:
+    return repr(spec.key())
 
 
 @dataclass
 class EvalGlobal:
-    """Queries ranked over one shared corpus (ViDoRe/BEIR); ``qrels[query_id][corpus_id] = graded score``."""
+    """Queries ranked over one shared corpus (ViDoRe/BEIR, video retrieval and classification);
+    ``qrels[query_id][corpus_id] = graded relevance``."""
 
     dataset: str
     queries: LazySamples
@@ -398,10 +395,44 @@ class EvalGlobal:
     def __len__(self) -> int:
         return len(self.queries)
 
-    def qrels_indices(self) -> list[dict[int, float]]:
-        """Per query (in ``queries`` order) a map corpus column -> relevance, the form metrics expect."""
-        col = {c: i for i, c in enumerate(self.corpus_ids)}
-        return [{col[c]: s for c, s in self.qrels[q].items() if c in col} for q in self.query_ids]
+
+# ---------------------------------------------------------------- the one read loop
+
+
+def read_rows(rows: Iterable[dict[str, Any]], parse: Callable[[dict[str, Any], int], T | None], *, dataset: str,
+              file: str | Path, on_error: OnError, log: SkipLog, what: str = "", limit: int | None = None,
+              progress: bool | None = None) -> list[tuple[int, T]]:
+    """The loop every reader runs: ``parse(row, idx)`` each table row into an item (``None``: leave the row out
+    silently, e.g. a language filter), turning malformed rows and unusable media into :class:`InputError`
+    naming dataset, row (``"<what> <idx>"``) and file, raised or counted per ``on_error``; stops after
+    ``limit`` items. Returns ``(row index, item)`` pairs."""
+    out: list[tuple[int, T]] = []
+    label = f"read {dataset} {what}".rstrip()
+    it = iter(_progress(rows, label, progress))
+    idx = -1
+    while limit is None or len(out) < limit:
+        try:
+            row = next(it)
+        except StopIteration:
+            break
+        except InputError as e:
+            raise e.at(dataset=dataset) from e
+        idx += 1
+        where: int | str = f"{what} {idx}" if what else idx
+        try:
+            try:
+                item = parse(row, idx)
+            except InputError:
+                raise
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+                raise InputError(f"malformed {what + ' ' if what else ''}row ({type(e).__name__}: {e})",
+                                 reason=BAD_ROW) from e
+        except InputError as e:
+            log.handle(e.at(dataset=dataset, row=where, file=file), on_error)
+            continue
+        if item is not None:
+            out.append((idx, item))
+    return out
 
 
 # ---------------------------------------------------------------- tables
@@ -420,30 +451,40 @@ def _table_files(path: Path) -> list[Path]:
 
 def iter_table(path: str | Path) -> Iterator[dict[str, Any]]:
     """Rows of a JSONL / JSON-list / Parquet / TSV / CSV file, or of every such file in a folder (shards,
-    in name order). The format is picked by extension."""
+    in name order). The format is picked by extension. A file that cannot be read (truncated Parquet,
+    invalid JSON) raises :class:`InputError` naming it."""
     for f in _table_files(Path(path)):
-        ext = f.suffix.lower()
-        if ext == ".parquet":
-            import pyarrow.parquet as pq
+        try:
+            yield from _iter_file(f)
+        except InputError:
+            raise
+        except (OSError, ValueError, UnicodeDecodeError) as e:  # pyarrow's errors subclass these
+            raise InputError(f"cannot read table ({type(e).__name__}: {e})", file=f, reason="bad_table") from e
 
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
-                yield from batch.to_pylist()
-        elif ext in (".tsv", ".csv"):
-            with open(f, newline="", encoding="utf-8") as fh:
-                yield from csv.DictReader(fh, delimiter="\t" if ext == ".tsv" else ",")
-        elif ext == ".json":
-            data = json.loads(f.read_text(encoding="utf-8"))
-            if not isinstance(data, list):
-                raise ValueError(f"{f}: a .json table must hold a list of row objects")
-            yield from data
-        else:
-            with open(f, encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    if line.strip():
-                        try:
-                            yield json.loads(line)
-                        except json.JSONDecodeError as e:
-                            raise ValueError(f"{f}: line {lineno}: invalid JSON ({e})") from e
+
+def _iter_file(f: Path) -> Iterator[dict[str, Any]]:
+    ext = f.suffix.lower()
+    if ext == ".parquet":
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=1024):
+            yield from batch.to_pylist()
+    elif ext in (".tsv", ".csv"):
+        with open(f, newline="", encoding="utf-8") as fh:
+            yield from csv.DictReader(fh, delimiter="\t" if ext == ".tsv" else ",")
+    elif ext == ".json":
+        data = json.loads(f.read_text(encoding="utf-8"))
+        if not isinstance(data, list):
+            raise ValueError(f"{f}: a .json table must hold a list of row objects")
+        yield from data
+    else:
+        with open(f, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise InputError(f"line {lineno}: invalid JSON ({e})", file=f, reason="bad_table") from e
 
 
 def read_table(path: str | Path) -> list[dict[str, Any]]:
@@ -471,14 +512,6 @@ def _dataset_name(path: Path, dataset: str | None) -> str:
     if dataset:
         return dataset
     return path.name if path.is_dir() else path.stem
-
-
-def _handle(err: DataError, on_error: OnError, log: SkipLog) -> None:
-    if on_error == "raise":
-        raise err
-    if on_error != "skip":
-        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
-    log.add(err)
 
 
 def _progress(it: Iterable, desc: str, progress: bool | None) -> Iterable:
@@ -564,22 +597,17 @@ def read_train(
     name = _dataset_name(path, dataset)
     media = _media(media, root, path if path.is_dir() else path.parent)
     log, interner = SkipLog(name), _Interner(media, check)
-    specs: list[TrainPairSpec] = []
-    for idx, row in enumerate(_progress(iter_table(path), f"read {name}", progress)):
-        if limit is not None and len(specs) >= limit:
-            break
-        try:
-            try:
-                q, p, n = _train_row(row, idx)
-            except (KeyError, TypeError, ValueError) as e:
-                raise DataError(name, idx, f"malformed row ({e})", file=str(path)) from e
-            q, p = _with_targets(q, p, ntp_side, _str(row.get("ntp_target")).strip() or None)
-            q, p, n = interner(q), interner(p), (interner(n) if n else None)
-            for s in (q, p) if n is None else (q, p, n):
-                interner.validate(s, name, idx)
-            specs.append(TrainPairSpec(q, p, n, name, idx))
-        except DataError as e:
-            _handle(e, on_error, log)
+
+    def parse(row: dict[str, Any], idx: int) -> TrainPairSpec:
+        q, p, n = _train_row(row, idx)
+        q, p = _with_targets(q, p, ntp_side, _str(row.get("ntp_target")).strip() or None)
+        q, p, n = interner(q), interner(p), (interner(n) if n else None)
+        for s in (q, p) if n is None else (q, p, n):
+            interner.validate(s, name, idx)
+        return TrainPairSpec(q, p, n, name, idx)
+
+    specs = [t for _, t in read_rows(iter_table(path), parse, dataset=name, file=path, on_error=on_error, log=log,
+                                     limit=limit, progress=progress)]
     return TrainSet(name, specs, media, log)
 
 
@@ -674,32 +702,55 @@ def read_eval_local(
     name = _dataset_name(path, dataset)
     media = _media(media, root, path if path.is_dir() else path.parent)
     log, interner = SkipLog(name), _Interner(media, check)
-    queries: list[SampleSpec] = []
-    cands: list[list[SampleSpec]] = []
-    rows: list[int] = []
-    for idx, row in enumerate(_progress(iter_table(path), f"read {name}", progress)):
-        if limit is not None and len(queries) >= limit:
-            break
-        try:
-            try:
-                q, cs = _eval_row(row, query_instruction, target_instruction, override_instructions, interner)
-            except (KeyError, TypeError, ValueError) as e:
-                raise DataError(name, idx, f"malformed row ({e})", file=str(path)) from e
-            if not cs:
-                raise DataError(name, idx, "row has no candidates", file=str(path))
-            for s in (q, *cs):
-                interner.validate(s, name, idx)
-            queries.append(q)
-            cands.append(cs)
-            rows.append(idx)
-        except DataError as e:
-            _handle(e, on_error, log)
+
+    def parse(row: dict[str, Any], idx: int) -> LocalRow:
+        q, cs = _eval_row(row, query_instruction, target_instruction, override_instructions, interner)
+        return LocalRow(q, cs).validated(interner, name, idx)
+
+    rows = read_rows(iter_table(path), parse, dataset=name, file=path, on_error=on_error, log=log, limit=limit,
+                     progress=progress)
+    return build_local(name, media, log, rows)
+
+
+@dataclass
+class LocalRow:
+    """One parsed eval row: query, candidates, optionally their names and the relevant names (grades)."""
+
+    query: SampleSpec
+    candidates: list[SampleSpec]
+    names: list[str] | None = None
+    labels: dict[str, float] | None = None
+
+    def validated(self, interner: _Interner, dataset: str, idx: int, *, allow_empty: bool = False) -> LocalRow:
+        """Intern and check every side; a row with an unusable side is unusable whole (ranking over a partial
+        candidate list would inflate hit@1). ``allow_empty`` keeps blank candidates (OK-VQA's blank answers).
+        An answer that names no candidate is kept, as in the reference: the row then scores 0."""
+        if not self.candidates:
+            raise InputError("row has no candidates", reason=BAD_ROW)
+        if self.names is not None and len(self.names) != len(self.candidates):
+            raise InputError(f"{len(self.names)} candidate names for {len(self.candidates)} candidates")
+        self.query = interner(self.query)
+        self.candidates = [interner(c) for c in self.candidates]
+        interner.validate(self.query, dataset, idx)
+        for spec in self.candidates:
+            interner.validate(spec, dataset, idx, allow_empty=allow_empty)
+        return self
+
+
+def build_local(name: str, media: MediaConfig, log: SkipLog, rows: Sequence[tuple[int, LocalRow]],
+                corpus: Sequence[tuple[str, SampleSpec]] = ()) -> EvalLocal:
+    """An :class:`EvalLocal` from parsed rows (names/labels kept only when every row has them)."""
+    idx = [i for i, _ in rows]
+    named = bool(rows) and all(r.names is not None for _, r in rows)
     return EvalLocal(
         dataset=name,
-        queries=LazySamples(queries, media, name, rows),
-        candidates=[LazySamples(c, media, name, r) for c, r in zip(cands, rows, strict=True)],
-        rows=rows,
+        queries=LazySamples([r.query for _, r in rows], media, name, idx),
+        candidates=[LazySamples(r.candidates, media, name, i) for i, r in rows],
+        rows=idx,
         skipped=log,
+        cand_names=[list(r.names or ()) for _, r in rows] if named else None,
+        labels=[dict(r.labels or {r.names[0]: 1.0}) for _, r in rows] if named else None,  # type: ignore[index]
+        corpus=list(corpus),
     )
 
 
@@ -745,78 +796,69 @@ def read_visdoc(
     name = _dataset_name(folder, dataset)
     media = _media(media, root, folder)
     log, interner = SkipLog(name), _Interner(media, check)
+    common = {"dataset": name, "on_error": on_error, "log": log, "progress": progress}
+
+    seen: set[str] = set()  # every corpus id in the table, usable or not (qrels may name skipped pages)
+
+    corpus_row_of: dict[str, str] = {}
+
+    def corpus_row(row: dict[str, Any], idx: int) -> tuple[str, SampleSpec]:
+        cid = _str(row["corpus-id"])
+        if cid in seen:
+            raise InputError(f"duplicate corpus-id {cid!r}", reason=BAD_ROW)
+        seen.add(cid)
+        corpus_row_of[cid] = f"corpus {idx}"
+        spec = interner(_corpus_spec(row, target_instruction))
+        interner.validate(spec, name, f"corpus {idx}")
+        return cid, spec
+
+    table = _find_table(folder, "corpus")
+    corpus = dict(t for _, t in read_rows(iter_table(table), corpus_row, file=table, what="corpus", **common))
 
     qrels: dict[str, dict[str, float]] = {}
-    for idx, row in enumerate(iter_table(_find_table(folder, "qrels"))):
-        try:
-            qid, cid = _str(row["query-id"]), _str(row["corpus-id"])
-            score = float(row.get("score", 1) if row.get("score", 1) not in ("", None) else 1)
-        except (KeyError, TypeError, ValueError) as e:
-            _handle(DataError(name, f"qrels {idx}", f"malformed qrels row ({e})", file=str(folder)), on_error, log)
-            continue
-        if score > 0:  # BEIR: 0 / negative grades are judged non-relevant
-            qrels.setdefault(qid, {})[cid] = score
 
-    corpus_specs: list[SampleSpec] = []
-    corpus_ids: list[str] = []
-    corpus_rows: list[int] = []
-    seen: set[str] = set()
-    for idx, row in enumerate(_progress(iter_table(_find_table(folder, "corpus")), f"read {name} corpus",
-                                        progress)):
-        try:
-            try:
-                cid = _str(row["corpus-id"])
-                spec = _corpus_spec(row, target_instruction)
-            except (KeyError, TypeError, ValueError) as e:
-                raise DataError(name, f"corpus {idx}", f"malformed corpus row ({e})", file=str(folder)) from e
-            if cid in seen:
-                raise DataError(name, f"corpus {idx}", f"duplicate corpus-id {cid!r}", file=str(folder))
-            spec = interner(spec)
-            interner.validate(spec, name, f"corpus {idx}")
-            seen.add(cid)
-            corpus_specs.append(spec)
-            corpus_ids.append(cid)
-            corpus_rows.append(idx)
-        except DataError as e:
-            _handle(e, on_error, log)
+    def qrels_row(row: dict[str, Any], idx: int) -> None:
+        qid, cid = _str(row["query-id"]), _str(row["corpus-id"])
+        raw = row.get("score", 1)
+        score = float(1 if raw in ("", None) else raw)
+        if cid not in seen:
+            raise InputError(f"corpus-id {cid!r} (query {qid!r}) is not in the corpus", reason="unknown_id")
+        if score > 0:  # BEIR: 0 / negative grades are judged non-relevant; repeated pairs keep the best grade
+            rel = qrels.setdefault(qid, {})
+            rel[cid] = max(rel.get(cid, 0.0), score)
 
-    known = set(corpus_ids)
-    q_specs: list[SampleSpec] = []
-    q_ids: list[str] = []
-    q_rows: list[int] = []
+    table = _find_table(folder, "qrels")
+    read_rows(iter_table(table), qrels_row, file=table, what="qrels", **common)
+
     n_filtered = 0
-    for idx, row in enumerate(iter_table(_find_table(folder, "queries"))):
-        if limit is not None and len(q_specs) >= limit:
-            break
+
+    def query_row(row: dict[str, Any], idx: int) -> tuple[str, SampleSpec] | None:
+        nonlocal n_filtered
         if language is not None and row.get("language") != language:
             n_filtered += 1
-            continue
-        try:
-            try:
-                qid = _str(row["query-id"])
-                spec = make_spec(text=row.get("query"), instruction=query_instruction, id=qid)
-            except (KeyError, TypeError, ValueError) as e:
-                raise DataError(name, f"query {idx}", f"malformed query row ({e})", file=str(folder)) from e
-            spec = interner(spec)
-            interner.validate(spec, name, f"query {idx}")
-        except DataError as e:
-            _handle(e, on_error, log)
-            continue
-        rel = {c: s for c, s in qrels.get(qid, {}).items() if c in known}
-        if not rel:
-            log.add(DataError(name, f"query {idx}", f"query {qid!r} has no relevant page in the corpus",
-                              file=str(folder), reason=NO_QRELS))
-            continue
-        q_specs.append(spec)
-        q_ids.append(qid)
-        q_rows.append(idx)
+            return None
+        qid = _str(row["query-id"])
+        spec = interner(make_spec(text=row.get("query"), instruction=query_instruction, id=qid))
+        interner.validate(spec, name, f"query {idx}")
+        if not any(c in corpus for c in qrels.get(qid, {})):  # cannot be scored: dropped and counted either way
+            log.add(InputError(f"query {qid!r} has no relevant page in the corpus", reason=NO_QRELS,
+                               dataset=name, row=f"query {idx}", file=table))
+            return None
+        return qid, spec
+
+    table = _find_table(folder, "queries")
+    queries = read_rows(iter_table(table), query_row, file=table, what="query", limit=limit, **common)
+    # Candidate order as the reference harness builds it (each query's relevant pages, then the rest of the
+    # corpus): with the "reference" tie policy, tied scores then rank in the same order.
+    order = list(dict.fromkeys([*(c for _, (q, _) in queries for c in qrels[q] if c in corpus), *corpus]))
+    q_ids = [q for _, (q, _) in queries]
     return EvalGlobal(
         dataset=name,
-        queries=LazySamples(q_specs, media, name, q_rows),
+        queries=LazySamples([sp for _, (_, sp) in queries], media, name, [f"query {i}" for i, _ in queries]),
         query_ids=q_ids,
-        corpus=LazySamples(corpus_specs, media, name, corpus_rows),
-        corpus_ids=corpus_ids,
-        qrels={q: {c: s for c, s in qrels[q].items() if c in known} for q in q_ids},
+        corpus=LazySamples([corpus[c] for c in order], media, name, [corpus_row_of[c] for c in order]),
+        corpus_ids=order,
+        qrels={q: {c: g for c, g in qrels[q].items() if c in corpus} for q in q_ids},
         skipped=log,
         n_filtered=n_filtered,
     )

@@ -28,6 +28,16 @@ class Sample:
     id: str = ""
     target: str | None = None
 
+    def __post_init__(self) -> None:
+        """Catch paths passed as images here, with a message, rather than as an AttributeError deep inside."""
+        for name, items in (("images", self.images), ("video", self.video or [])):
+            for i, im in enumerate(items):
+                if not isinstance(im, Image.Image):
+                    raise ValueError(
+                        f"Sample.{name}[{i}] must be a decoded PIL image, got {type(im).__name__} {im!r:.80}; "
+                        "give paths to btoks.encode (or decode with btoks.data.media.load_image first)"
+                    )
+
     @property
     def prompt(self) -> str:
         if self.instruction and self.text:

@@ -29,6 +29,11 @@ def add_eval_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="re-score datasets even when RUN_DIR already holds their result for this model/data")
     parser.add_argument("--device", default=None,
                         help="torch device for the model (default: cuda when available, else cpu)")
+    parser.add_argument("--media-root", default=None, metavar="DIR",
+                        help="folder holding the published image-tasks/ and video-tasks/ media (default: --data)")
+    parser.add_argument("--tie-policy", choices=("reference", "pessimistic"), default="reference",
+                        help="order of tied scores: as the reference harness (numpy argsort, default) or "
+                             "relevant items after tied non-relevant ones (pessimistic)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
@@ -41,7 +46,8 @@ def run_eval(args: argparse.Namespace) -> int:
         raise SystemExit("--batch-size must be >= 1")
     summary = evaluate(args.model, args.data, args.datasets, args.out, batch_size=args.batch_size,
                        on_error=args.on_error, use_cache=not args.no_cache, resume=not args.no_resume,
-                       progress=not args.no_progress, device=args.device)
+                       progress=not args.no_progress, device=args.device, media_root=args.media_root,
+                       tie_policy=args.tie_policy)
 
     def f(x: float) -> str:
         return "n/a" if x is None or math.isnan(x) else f"{x:.2f}"

@@ -22,10 +22,12 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from btoks.data.readers import TABLE_EXTENSIONS, DataError, EvalGlobal, EvalLocal, LazySamples, read_eval
+from btoks.data.errors import NO_QRELS, InputError
+from btoks.data.mmeb_v2 import locate, read_dataset
+from btoks.data.readers import TABLE_EXTENSIONS, EvalGlobal, EvalLocal, LazySamples
 from btoks.encode import encode
 from btoks.eval import registry
-from btoks.eval.metrics import global_metrics, local_metrics
+from btoks.eval.metrics import TIE_POLICY, global_metrics, local_metrics
 from btoks.eval.registry import DatasetSpec
 from btoks.eval.report import SCHEMA, DatasetResult, result_filename, save_result, write_summary
 
@@ -39,8 +41,9 @@ _CHECK = "header"
 
 def discover(data_dir: str | Path, datasets: Sequence[str] | None = None) -> list[DatasetSpec]:
     """Datasets to evaluate under ``data_dir``: those of ``data_dir/manifest.json`` when present (registered
-    on the way), else the registry datasets (MMEB-V2 names or aliases) with a folder or table file there.
-    ``datasets`` restricts the choice (names, aliases); a requested dataset with no data is an error."""
+    on the way), else the registry datasets whose published folder (``ImageNet-1K/``, ``MSR-VTT/test_1k/``,
+    ``arxivqa_test_subsampled_beir/``, ...) or table file is there. ``datasets`` restricts the choice (names,
+    aliases); a requested dataset with no data is an error."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{data_dir}: data directory not found")
@@ -49,16 +52,18 @@ def discover(data_dir: str | Path, datasets: Sequence[str] | None = None) -> lis
     if manifest.is_file():
         found = registry.load_manifest(manifest, overwrite=True)
     else:
-        aliases = getattr(registry, "_ALIASES", {})
+        wanted = {registry.get(d).name for d in datasets or ()}
+        extra = {s.name for s in registry.EXTRA} - wanted  # sets outside the 78 only when asked for by name
         for spec in registry.specs():
-            names = [spec.name, *(a for a, n in aliases.items() if n == spec.name)]
-            loc = next((p for p in (_locate(data_dir, n) for n in names) if p is not None), None)
+            if spec.name in extra:
+                continue
+            loc = locate(spec if spec.family else replace(spec, path=None), data_dir)  # by name, not a manifest's path
             if loc is not None:
-                found.append(spec if loc == spec.name else replace(spec, path=loc))
+                found.append(spec if spec.family else replace(spec, path=loc.name))
     if datasets is None:
         if not found:
             raise FileNotFoundError(f"{data_dir}: no manifest.json and no folder/table named like a registered "
-                                    "dataset (e.g. ImageNet-1K/, ViDoRe_arxivqa/)")
+                                    "dataset (e.g. ImageNet-1K/, MSR-VTT/test_1k/, arxivqa_test_subsampled_beir/)")
         return found
     by_name = {s.name: s for s in found}
     out = []
@@ -70,15 +75,6 @@ def discover(data_dir: str | Path, datasets: Sequence[str] | None = None) -> lis
         if by_name[canon] not in out:
             out.append(by_name[canon])
     return out
-
-
-def _locate(data_dir: Path, name: str) -> str | None:
-    if (data_dir / name).is_dir():
-        return name
-    for ext in TABLE_EXTENSIONS:
-        if (data_dir / f"{name}{ext}").is_file():
-            return f"{name}{ext}"
-    return None
 
 
 # ---------------------------------------------------------------- fingerprints
@@ -99,9 +95,13 @@ def _file_stats(paths: Sequence[Path], base: Path) -> list[tuple[str, int, int]]
 def model_fingerprint(model: Any) -> dict[str, Any]:
     """Path + config hash + weight file stats for a saved model; config + a parameter sample for an object."""
     if isinstance(model, str | os.PathLike):
-        path = Path(model).resolve()
-        if not path.is_dir():
-            raise FileNotFoundError(f"{path}: model directory not found")
+        from btoks.loading import resolve_model_dir
+
+        folder = resolve_model_dir(model)  # a saved model, or a training run's model/
+        if folder is None:  # caches and resume need a model whose weights are on disk
+            raise FileNotFoundError(f"{model}: not a saved btoks model folder (no btoks_config.json, "
+                                    "nor model/btoks_config.json of a training run)")
+        path = folder.resolve()
         files = [p for p in path.rglob("*") if p.is_file()]
         cfg = [p for p in files if p.name == "btoks_config.json"]
         return {"path": str(path), "config": _sha([p.read_text() for p in cfg]),
@@ -116,7 +116,7 @@ def model_fingerprint(model: Any) -> dict[str, Any]:
 
 def dataset_fingerprint(spec: DatasetSpec, data_dir: str | Path) -> dict[str, Any]:
     """Spec + stats of the dataset's table files (media files are not stat'ed: they are many)."""
-    base = Path(data_dir) / (spec.path or spec.name)
+    base = locate(spec, data_dir) or Path(data_dir) / (spec.path or spec.name)
     if base.is_dir():
         tables = [p for p in base.rglob("*") if p.suffix.lower() in TABLE_EXTENSIONS and p.is_file()]
     else:
@@ -135,31 +135,20 @@ class _LazyModel:
 
     def get(self) -> Any:
         if self._model is None:
-            if isinstance(self.src, str | os.PathLike):
-                from btoks.model import BToksModel
+            from btoks.loading import load
 
-                self._model = BToksModel.from_pretrained(self.src, merge=True)
-            else:
-                self._model = self.src
-            dev = self.device
-            if dev is None:
-                import torch
-
-                dev = "cuda" if torch.cuda.is_available() else None
-            if dev is not None:
-                self._model.to(dev)
-            self._model.eval()
+            self._model = load(self.src, device=self.device, merge=True)
         return self._model
 
 
 def encode_samples(model: _LazyModel, samples: LazySamples, *, batch_size: int, on_error: OnError,
-                   progress: bool, desc: str) -> tuple[np.ndarray, dict[int, DataError]]:
+                   progress: bool, desc: str) -> tuple[np.ndarray, dict[int, InputError]]:
     """Embed lazily-decoded samples chunk by chunk (bounded memory). Samples that fail to decode are raised
     (naming dataset/row/file) or, with ``on_error="skip"``, returned in ``failed`` with a zero row."""
     n = len(samples)
     chunk = max(batch_size * 8, 64)
     parts: list[np.ndarray] = []
-    failed: dict[int, DataError] = {}
+    failed: dict[int, InputError] = {}
     with tqdm(total=n, desc=desc, unit="sample", disable=not progress, leave=False) as bar:
         for start in range(0, n, chunk):
             idx = range(start, min(n, start + chunk))
@@ -168,7 +157,7 @@ def encode_samples(model: _LazyModel, samples: LazySamples, *, batch_size: int, 
                 try:
                     loaded.append(samples[i])
                     ok.append(i - start)
-                except DataError as e:
+                except InputError as e:
                     if on_error == "raise":
                         raise
                     failed[i] = e
@@ -243,23 +232,21 @@ def _embed_side(name: str, side: str, samples: LazySamples, cache: EmbeddingCach
     return emb, {i: e.reason for i, e in failed.items()}
 
 
-def score_local(data: EvalLocal, q: np.ndarray, c: np.ndarray, per_row: list[np.ndarray]) -> list[np.ndarray]:
-    """Cosine scores of each row's query against its own candidates (embeddings are L2-normalised)."""
-    return [c[ids] @ q[i] for i, ids in enumerate(per_row)]
-
-
 def evaluate_dataset(spec: DatasetSpec, data_dir: str | Path, model: _LazyModel, *, out_dir: Path,
                      fingerprint: str, batch_size: int = 16, on_error: OnError = "raise", use_cache: bool = True,
-                     progress: bool = True) -> tuple[DatasetResult, Counter]:
-    """Read, embed (or load cached embeddings), score and build the result of one dataset."""
+                     progress: bool = True, media_root: str | Path | None = None, tie_policy: str = TIE_POLICY,
+                     ) -> tuple[DatasetResult, Counter]:
+    """Read, embed (or load cached embeddings), rank as the registry says (local/global), score."""
     t0 = time.perf_counter()
     stats: Counter = Counter()
-    data = read_eval(spec, data_dir, on_error=on_error, check=_CHECK, progress=progress)
+    data = read_dataset(spec, data_dir, media_root=media_root, on_error=on_error, check=_CHECK, progress=progress)
+    if isinstance(data, EvalLocal) and spec.ranking == "global":
+        data = data.to_global()
     skipped = Counter(data.skipped.as_dict())
     cache = EmbeddingCache(out_dir / "cache" / f"{result_filename(spec.name)[:-5]}.npz", fingerprint, use_cache)
     side_args = (cache, model, batch_size, on_error, progress, stats)
     if isinstance(data, EvalLocal):
-        uniq, per_row = data.dedup_candidates()
+        uniq, per_row, _ = data.dedup_candidates()
         q, qbad = _embed_side(spec.name, "queries", data.queries, *side_args)
         c, cbad = _embed_side(spec.name, "candidates", uniq, *side_args)
         keep = []
@@ -269,28 +256,29 @@ def evaluate_dataset(spec: DatasetSpec, data_dir: str | Path, model: _LazyModel,
                 keep.append(i)
             else:
                 skipped[bad] += 1
-        scores = score_local(data, q, c, per_row)
-        per_query = local_metrics([scores[i] for i in keep])
+        per_query, ties = local_metrics([c[per_row[i]] @ q[i] for i in keep], [data.names(i) for i in keep],
+                                        [data.label(i) for i in keep], policy=tie_policy)
         query_ids = [str(data.rows[i]) for i in keep]
     elif isinstance(data, EvalGlobal):
         q, qbad = _embed_side(spec.name, "queries", data.queries, *side_args)
         c, cbad = _embed_side(spec.name, "corpus", data.corpus, *side_args)
         for reason in cbad.values():
             skipped[reason] += 1
-        qrels = data.qrels_indices()
-        keep = []
-        for i, rel in enumerate(qrels):
+        good = [j for j in range(len(c)) if j not in cbad]
+        names = [data.corpus_ids[j] for j in good]
+        usable = set(names)
+        keep, labels = [], []
+        for i, qid in enumerate(data.query_ids):
+            rel = {n: g for n, g in data.qrels[qid].items() if n in usable}
             if i in qbad:
                 skipped[qbad[i]] += 1
-            elif not any(col not in cbad for col in rel):
-                skipped["no_qrels"] += 1
+            elif not rel:
+                skipped[NO_QRELS] += 1
             else:
                 keep.append(i)
-        good_cols = np.array([j for j in range(len(c)) if j not in cbad], dtype=np.int64)
-        col_map = {int(j): k for k, j in enumerate(good_cols)}
-        sim = q[keep] @ c[good_cols].T if keep else np.zeros((0, len(good_cols)))
-        rels = [{col_map[j]: s for j, s in qrels[i].items() if j in col_map} for i in keep]
-        per_query = global_metrics(sim, rels)
+                labels.append(rel)
+        sim = q[keep] @ c[good].T if keep and good else np.zeros((len(keep), len(good)))
+        per_query, ties = global_metrics(sim, names, labels, policy=tie_policy)
         query_ids = [data.query_ids[i] for i in keep]
     else:  # pragma: no cover
         raise TypeError(f"unexpected reader output {type(data).__name__}")
@@ -302,6 +290,7 @@ def evaluate_dataset(spec: DatasetSpec, data_dir: str | Path, model: _LazyModel,
         spec, per_query, skipped=dict(sorted(skipped.items())), wall_time_s=time.perf_counter() - t0,
         query_ids=query_ids,
         extra={"fingerprint": fingerprint, "encoded": stats["encoded"], "cached": stats["cached"],
+               "ranking": spec.ranking, "tie_policy": tie_policy, "tied_queries": ties,
                "skipped_examples": data.skipped.examples},
     )
     return result, stats
@@ -327,6 +316,8 @@ def evaluate(
     resume: bool = True,
     progress: bool = True,
     device: str | None = None,
+    media_root: str | Path | None = None,
+    tie_policy: str = TIE_POLICY,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
     """Evaluate a model (a :class:`~btoks.BToksModel` or a ``save_pretrained`` folder) on the datasets of
@@ -335,6 +326,9 @@ def evaluate(
     ``resume`` skips datasets whose result carries the current fingerprint; ``use_cache`` reuses (and
     writes) ``out_dir/cache/<dataset>.npz`` embeddings. ``on_error="skip"`` drops and counts unusable rows
     instead of raising. ``device`` defaults to CUDA when available (an in-memory model is moved there).
+    ``media_root`` is where the published ``image-tasks/`` and ``video-tasks/`` folders are (default: the data
+    directory). ``tie_policy`` is ``reference`` (numpy argsort order, as the reference harness) or
+    ``pessimistic``; each result records how many queries had a tie that the policy decided.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -343,7 +337,8 @@ def evaluate(
     specs = discover(data_dir, datasets)
     model = _LazyModel(model_or_path, device)
     mfp = model_fingerprint(model_or_path)
-    settings = {"on_error": on_error, "check": _CHECK, "cache_version": CACHE_VERSION}
+    settings = {"on_error": on_error, "check": _CHECK, "cache_version": CACHE_VERSION, "tie_policy": tie_policy,
+                "media_root": None if media_root is None else str(Path(media_root).resolve())}
     (out / "run.json").write_text(json.dumps({"model": mfp, "data_dir": str(Path(data_dir).resolve()),
                                               "datasets": [s.name for s in specs], "settings": settings},
                                              indent=1), encoding="utf-8")
@@ -355,7 +350,8 @@ def evaluate(
                 log(f"[{k}/{len(specs)}] {spec.name}: done already, skipped")
             continue
         result, stats = evaluate_dataset(spec, data_dir, model, out_dir=out, fingerprint=fp, batch_size=batch_size,
-                                         on_error=on_error, use_cache=use_cache, progress=progress)
+                                         on_error=on_error, use_cache=use_cache, progress=progress,
+                                         media_root=media_root, tie_policy=tie_policy)
         save_result(out, result)
         if log:
             sk = f", skipped {result.n_skipped}" if result.n_skipped else ""

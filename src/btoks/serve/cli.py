@@ -25,17 +25,9 @@ def _positive_int(value: str) -> int:
 
 
 def _load_model(path: str, device: str | None) -> Any:
-    from btoks.model import BToksModel
+    from btoks.loading import load
 
-    if not Path(path, "btoks_config.json").is_file():
-        raise SystemExit(
-            f"error: {path} is not a btoks model folder (no btoks_config.json); "
-            "give a folder written by save_pretrained"
-        )
-    model = BToksModel.from_pretrained(path, merge=True)
-    if device:
-        model.to(device)
-    return model.eval()
+    return load(path, device=device, merge=True)
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
@@ -59,9 +51,10 @@ def add_index_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", "-o", required=True, metavar="INDEX", help="index folder to create or update")
     p.add_argument(
         "--index-type",
-        choices=("flat", "hnsw", "ivf"),
-        default="flat",
-        help="flat: exact search (default); hnsw / ivf: approximate, for large corpora",
+        choices=("auto", "flat", "hnsw", "ivf"),
+        default="auto",
+        help="auto (default): exact below 100k vectors, HNSW above; flat: exact; hnsw / ivf: approximate "
+        "(recall@10 is estimated on a sample at build time and printed)",
     )
     p.add_argument("--batch-size", type=_positive_int, default=16, help="inputs per model batch (default 16)")
     p.add_argument("--frames", type=_positive_int, default=8, help="frames sampled per video (default 8)")
@@ -91,6 +84,18 @@ def add_index_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--hnsw-m", type=_positive_int, default=32, help="HNSW graph degree (hnsw only)")
     p.add_argument(
+        "--ef-construction",
+        type=_positive_int,
+        default=None,
+        help="HNSW build-time candidate list (default 200; higher: better graph, slower build)",
+    )
+    p.add_argument(
+        "--ef-search",
+        type=_positive_int,
+        default=None,
+        help="HNSW search-time candidate list, stored with the index (default 128; higher: better recall)",
+    )
+    p.add_argument(
         "--ivf-nlist",
         type=_positive_int,
         default=None,
@@ -109,8 +114,9 @@ def add_index_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_index(args: argparse.Namespace) -> int:
-    from btoks.serve.index import build_index
+    from btoks.serve.index import build_index, check_chunking
 
+    check_chunking(args.chunk_chars, args.chunk_overlap)
     model = _load_model(args.model, args.device)
     report = build_index(
         model,
@@ -128,6 +134,8 @@ def run_index(args: argparse.Namespace) -> int:
         rebuild=args.rebuild,
         prune=not args.no_prune,
         hnsw_m=args.hnsw_m,
+        ef_construction=args.ef_construction,
+        ef_search=args.ef_search,
         ivf_nlist=args.ivf_nlist,
         show_progress_bar=not args.no_progress,
     )
@@ -136,6 +144,11 @@ def run_index(args: argparse.Namespace) -> int:
         f"{report.path}: {report.count} entries ({state}); +{report.added} added, -{report.removed} removed, "
         f"{report.new_files} files embedded, {report.unchanged_files} unchanged"
     )
+    if report.recall_at_10 is not None:
+        print(f"{report.index_type} index: estimated recall@10 {report.recall_at_10:.3f} vs exact search "
+              "(stored vectors as queries; raise --ef-search if too low)")
+    else:
+        print(f"{report.index_type} index: exact search")
     for s in report.skipped:
         print(f"  skipped {s['source']}: {s['error']}", file=sys.stderr)
     return 0
@@ -200,7 +213,14 @@ def run_search(args: argparse.Namespace) -> int:
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     """``btoks serve MODEL [--index INDEX] [--host 127.0.0.1] [--port 8000] [--api-key KEY] ...``."""
-    from btoks.serve.app import DEFAULT_MAX_BATCH, DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_INPUTS
+    from btoks.serve.app import (
+        DEFAULT_BODY_TIMEOUT_S,
+        DEFAULT_MAX_BATCH,
+        DEFAULT_MAX_IMAGE_PIXELS,
+        DEFAULT_MAX_IMAGES,
+        DEFAULT_MAX_IMAGES_IN_FLIGHT,
+        DEFAULT_MAX_INPUTS,
+    )
 
     p.add_argument("model", metavar="MODEL", help="model folder written by save_pretrained")
     p.add_argument("--index", default=None, help="index folder to serve POST /search from")
@@ -242,6 +262,31 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         help=f"most inputs in one /v1/embeddings request (default {DEFAULT_MAX_INPUTS})",
     )
     p.add_argument(
+        "--max-images",
+        type=_positive_int,
+        default=DEFAULT_MAX_IMAGES,
+        help=f"most images in one request (default {DEFAULT_MAX_IMAGES}; more: 413)",
+    )
+    p.add_argument(
+        "--max-images-in-flight",
+        type=_positive_int,
+        default=DEFAULT_MAX_IMAGES_IN_FLIGHT,
+        help="decoded images the whole server holds at once; further requests wait, then get 503 "
+        f"(default {DEFAULT_MAX_IMAGES_IN_FLIGHT})",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=DEFAULT_BODY_TIMEOUT_S,
+        help=f"seconds a client may take to send its request body (default {DEFAULT_BODY_TIMEOUT_S:g}; more: 408)",
+    )
+    p.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        help="comma-separated proxy addresses whose X-Forwarded-For/-Proto headers are trusted "
+        "(default: loopback only; see docs/security.md)",
+    )
+    p.add_argument(
         "--model-name", default=None, help="name reported in responses (default: the model folder name)"
     )
     p.add_argument(
@@ -270,6 +315,10 @@ def run_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         max_inputs=args.max_inputs,
+        max_images=args.max_images,
+        max_images_in_flight=args.max_images_in_flight,
+        body_timeout_s=args.body_timeout if args.body_timeout > 0 else None,
+        forwarded_allow_ips=args.forwarded_allow_ips,
         model_name=args.model_name or Path(args.model).resolve().name,
     )
     return 0

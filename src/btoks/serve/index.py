@@ -27,8 +27,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from btoks.data.media import DEFAULT_MAX_PIXELS, DEFAULT_NUM_FRAMES, MediaError, pdf_num_pages
+from btoks.data.errors import InputError
+from btoks.data.media import DEFAULT_MAX_PIXELS, DEFAULT_NUM_FRAMES, KNOWN_EXTENSIONS, kind_of, pdf_num_pages
 from btoks.encode import EncodeOptions, encode_items
+from btoks.errors import BToksError
 from btoks.fsio import fsync_dir, fsync_file
 
 if TYPE_CHECKING:
@@ -38,13 +40,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IndexType = Literal["flat", "hnsw", "ivf"]
-INDEX_TYPES = ("flat", "hnsw", "ivf")
-IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
-PDF_EXTS = frozenset({".pdf"})
-VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm"})
-TEXT_EXTS = frozenset({".txt", ".md"})
-KNOWN_EXTS = IMAGE_EXTS | PDF_EXTS | VIDEO_EXTS | TEXT_EXTS
+IndexType = Literal["auto", "flat", "hnsw", "ivf"]
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
+AUTO_APPROXIMATE_FROM = 100_000
+"""``auto`` builds an exact ``flat`` index below this many vectors and HNSW from here on: at 100k × 384-1,536
+dims exact search still answers a single query in milliseconds, at 1M it is ~500× slower than HNSW
+(docs/benchmarks.md, table 5)."""
+RECALL_SAMPLE = 500
+"""Stored vectors used as queries when estimating an approximate index's recall@10."""
 FORMAT, VERSION = "btoks-index", 1
 CURRENT, HEADER, META, FAISS_FILE, LOCK = "CURRENT", "header.json", "meta.jsonl", "index.faiss", ".lock"
 PROBE_TEXT = "btoks index probe: a photo of a cat sitting on a red sofa."
@@ -52,7 +55,7 @@ PROBE_MIN_COSINE = 0.98
 """Below this, the probe text embeds differently than at build time: a different model (or weights)."""
 
 
-class BToksIndexError(RuntimeError):
+class BToksIndexError(BToksError, RuntimeError):
     """The index directory is missing, corrupt, locked, or does not match the model used with it."""
 
 
@@ -62,13 +65,15 @@ class IndexParams:
 
     index_type: str = "flat"
     hnsw_m: int = 32
-    ef_construction: int = 80
-    ef_search: int = 64
+    ef_construction: int = 200
+    ef_search: int = 128
     nlist: int | None = None
     """IVF lists; ``None``: ``min(4·√n, n/39)`` (FAISS wants ≥ 39 training points per list)."""
     nprobe: int | None = None
     """IVF lists visited per query; ``None``: ``max(16, nlist/8)``."""
     trained_on: int = 0
+    recall_at_10: float | None = None
+    """Estimated when an approximate index is built (``estimate_recall``); ``None`` for exact search."""
 
 
 @dataclass
@@ -84,6 +89,9 @@ class BuildReport:
     skipped: list[dict[str, str]] = field(default_factory=list)
     rebuilt: bool = False
     written: bool = True
+    index_type: str = ""
+    recall_at_10: float | None = None
+    """Estimated recall@10 of an approximate index against exact search (``None``: exact)."""
 
 
 @dataclass
@@ -113,7 +121,9 @@ def _skip_name(name: str) -> bool:
 def discover(sources: Iterable[str | Path]) -> list[Path]:
     """Supported files under ``sources`` (files or folders, recursive, hidden entries skipped), sorted.
 
-    Symlinked folders are not followed (no cycles, no escaping the folder the user named).
+    Nothing outside a named folder is read: symlinked folders are not followed (no cycles either), and a
+    symlinked file is kept only when its target lies inside the folder (``ln -s /etc/passwd leak.txt`` would
+    otherwise put that file's text into previews served by ``/search``).
     """
     found: dict[Path, None] = {}
     for src in sources:
@@ -121,30 +131,31 @@ def discover(sources: Iterable[str | Path]) -> list[Path]:
         if not root.exists():
             raise FileNotFoundError(f"{root}: no such file or folder")
         if root.is_file():
-            if root.suffix.lower() not in KNOWN_EXTS:
+            if kind_of(root) is None:
                 raise ValueError(
-                    f"{root}: unsupported file type; expected one of {', '.join(sorted(KNOWN_EXTS))}"
+                    f"{root}: unsupported file type; expected one of {', '.join(sorted(KNOWN_EXTENSIONS))}"
                 )
             found[root.resolve()] = None
             continue
+        base = root.resolve()
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
             dirnames[:] = sorted(d for d in dirnames if not _skip_name(d))
             for name in sorted(filenames):
                 p = Path(dirpath, name)
-                if not _skip_name(name) and p.suffix.lower() in KNOWN_EXTS and p.is_file():
-                    found[p.resolve()] = None
+                if _skip_name(name) or kind_of(p) is None or not p.is_file():
+                    continue
+                target = p.resolve()
+                if not target.is_relative_to(base):
+                    log.warning("%s: skipped, a symlink to %s outside the indexed folder %s", p, target, base)
+                    continue
+                found[target] = None
     return sorted(found)
 
 
 def modality_of(path: Path) -> str:
-    ext = path.suffix.lower()
-    if ext in IMAGE_EXTS:
-        return "image"
-    if ext in PDF_EXTS:
-        return "pdf_page"
-    if ext in VIDEO_EXTS:
-        return "video"
-    return "text"
+    """The index's modality tag of a discovered file (a PDF is indexed page by page)."""
+    kind = kind_of(path) or "text"
+    return "pdf_page" if kind == "pdf" else kind
 
 
 def chunk_text(text: str, chunk_chars: int | None, overlap: int = 0) -> list[tuple[int, int]]:
@@ -167,6 +178,14 @@ def chunk_text(text: str, chunk_chars: int | None, overlap: int = 0) -> list[tup
             break
         start = max(end - overlap, start + 1)
     return spans
+
+
+def check_chunking(chunk_chars: int | None, overlap: int) -> None:
+    """Refuse an overlap that would make chunking crawl one character at a time (300 files → 50k chunks)."""
+    if chunk_chars is not None and chunk_chars < 1:
+        raise ValueError(f"chunk size must be >= 1 character, got {chunk_chars}")
+    if overlap < 0 or (chunk_chars and overlap >= chunk_chars):
+        raise ValueError(f"chunk overlap must be >= 0 and smaller than the chunk size ({chunk_chars}), got {overlap}")
 
 
 def _file_key(path: Path) -> tuple[int, int]:
@@ -218,11 +237,48 @@ def _entries(
 # ------------------------------------------------------------------------------------------------ FAISS
 
 
+def resolve_index_type(index_type: str, n: int) -> str:
+    """``auto``: exact below ``AUTO_APPROXIMATE_FROM`` vectors, HNSW above; other types pass through."""
+    if index_type not in INDEX_TYPES:
+        raise ValueError(f"unknown index type {index_type!r}; expected one of {', '.join(INDEX_TYPES)}")
+    if index_type != "auto":
+        return index_type
+    return "flat" if n < AUTO_APPROXIMATE_FROM else "hnsw"
+
+
+def estimate_recall(index: faiss.Index, vectors: np.ndarray, params: IndexParams, k: int = 10,
+                    sample: int = RECALL_SAMPLE, seed: int = 0) -> float:
+    """Recall@k of ``index`` against exact search, with ``sample`` stored vectors as queries.
+
+    Each query's own row is dropped from both result lists (a real query is not in the corpus, and finding
+    itself would flatter the index). Uses the search settings stored in ``params``.
+    """
+    import faiss
+
+    n = vectors.shape[0]
+    if n <= k + 1:
+        return 1.0
+    rows = np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False)
+    queries = np.ascontiguousarray(vectors[rows])
+    _, exact = faiss.knn(queries, vectors, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+    _, found = index.search(queries, k + 1, params=_search_params(index, params, k + 1))
+    hits = 0
+    for row, e, f in zip(rows, exact, found, strict=True):
+        truth = [i for i in e if i != row][:k]
+        hits += len(set(truth) & {i for i in f if i != row})
+    return hits / (k * len(rows))
+
+
 def make_faiss_index(vectors: np.ndarray, params: IndexParams) -> faiss.Index:
-    """A new index of ``params.index_type`` holding ``vectors`` (n × d float32, already normalised)."""
+    """A new index of ``params.index_type`` holding ``vectors`` (n × d float32, already normalised).
+
+    ``auto`` is resolved by size first (and ``params.index_type`` updated); an approximate index gets its
+    recall@10 estimated on a sample (``params.recall_at_10``).
+    """
     import faiss
 
     n, d = vectors.shape
+    params.index_type = resolve_index_type(params.index_type, n)
     if params.index_type == "flat":
         index = faiss.IndexFlatIP(d)
     elif params.index_type == "hnsw":
@@ -246,6 +302,8 @@ def make_faiss_index(vectors: np.ndarray, params: IndexParams) -> faiss.Index:
         )
     if n:
         index.add(vectors)
+    params.recall_at_10 = None if params.index_type == "flat" or not n else \
+        estimate_recall(index, vectors, params)
     return index
 
 
@@ -519,7 +577,7 @@ def build_index(
     sources: Sequence[str | Path],
     out: str | Path,
     *,
-    index_type: IndexType = "flat",
+    index_type: IndexType = "auto",
     batch_size: int = 16,
     num_frames: int = DEFAULT_NUM_FRAMES,
     chunk_chars: int | None = None,
@@ -531,6 +589,8 @@ def build_index(
     rebuild: bool = False,
     prune: bool = True,
     hnsw_m: int = 32,
+    ef_construction: int | None = None,
+    ef_search: int | None = None,
     ivf_nlist: int | None = None,
     show_progress_bar: bool | None = None,
 ) -> BuildReport:
@@ -540,11 +600,15 @@ def build_index(
     files that vanished from a scanned folder are dropped. Files that fail to load are skipped (listed in the
     report, retried next run) rather than aborting a long build. ``model`` may be a loaded model or a path
     saved with ``save_pretrained`` (recorded in the header so ``btoks search`` can find it).
+
+    ``index_type="auto"`` picks exact search below ``AUTO_APPROXIMATE_FROM`` vectors and HNSW above; an
+    approximate index reports its estimated recall@10 (``BuildReport.recall_at_10``).
     """
     from btoks.encode import encode
 
     if index_type not in INDEX_TYPES:
         raise ValueError(f"unknown index type {index_type!r}; expected one of {', '.join(INDEX_TYPES)}")
+    check_chunking(chunk_chars, chunk_overlap)
     if isinstance(model, str | Path):
         from btoks.model import BToksModel
 
@@ -561,7 +625,10 @@ def build_index(
         if not rebuild and (root / CURRENT).exists():
             prev = Index.load(root)
             prev.check_model(model, probe)
-        params = IndexParams(index_type=index_type, hnsw_m=hnsw_m, nlist=ivf_nlist)
+        defaults = IndexParams()
+        params = IndexParams(index_type=index_type, hnsw_m=hnsw_m, nlist=ivf_nlist,
+                             ef_construction=ef_construction or defaults.ef_construction,
+                             ef_search=ef_search or defaults.ef_search)
         report = BuildReport(path=str(root), count=0)
 
         # which stored rows stay, which files need (re-)embedding
@@ -594,7 +661,7 @@ def build_index(
                 ):
                     metas.append(meta)
                     inputs.append(item)
-            except (MediaError, OSError, ValueError) as e:
+            except (InputError, OSError, ValueError) as e:
                 report.skipped.append({"source": str(p), "error": str(e)})
         opts = EncodeOptions(num_frames=num_frames, max_pixels=max_pixels, pdf_scale=pdf_scale)
         doc_instruction = instruction or (model.config.extra or {}).get("document_instruction")
@@ -614,13 +681,16 @@ def build_index(
         new_vecs = result.embeddings[good].numpy().astype(np.float32)
         new_meta = [metas[i] for i in good]
         report.added = len(new_meta)
+        index_type = params.index_type = resolve_index_type(index_type, len(keep_rows) + report.added)
         if (
             prev is not None
             and report.added == 0
             and report.removed == 0
             and prev.params.index_type == index_type
+            and (ef_search is None or prev.params.ef_search == ef_search)
         ):
             report.count, report.written = len(prev), False
+            report.index_type, report.recall_at_10 = index_type, prev.params.recall_at_10
             return report
 
         grow_ok = index_type != "ivf" or (
@@ -628,8 +698,11 @@ def build_index(
         )
         if prev is not None and prev.params.index_type == index_type and report.removed == 0 and grow_ok:
             index, params, meta_rows = prev.faiss, prev.params, prev.meta + new_meta
+            params.ef_search = ef_search or params.ef_search
             if len(new_vecs):
                 index.add(new_vecs)
+                if index_type != "flat":
+                    params.recall_at_10 = estimate_recall(index, all_vectors(index), params)
         else:  # first build, removals, type change or an IVF that outgrew its training: rebuild
             old = all_vectors(prev.faiss)[keep_rows] if prev is not None else np.zeros((0, dim), np.float32)
             vectors = np.ascontiguousarray(np.concatenate([old, new_vecs]), dtype=np.float32)
@@ -658,6 +731,7 @@ def build_index(
         }
         write_index(root, header, meta_rows, index)
         report.count = int(index.ntotal)
+        report.index_type, report.recall_at_10 = index_type, params.recall_at_10
         return report
 
 
@@ -670,7 +744,9 @@ __all__ = [
     "build_index",
     "chunk_text",
     "discover",
+    "estimate_recall",
     "make_faiss_index",
+    "resolve_index_type",
     "search",
     "write_index",
 ]

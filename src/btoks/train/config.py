@@ -70,27 +70,38 @@ class TrainConfig:
     resume: bool = True
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.type in ("float", "int") and isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
-                setattr(self, f.name, value := float(value))  # YAML 1.1 reads "2e-3" as a string
-            if f.type in ("float", "int") and (isinstance(value, bool) or not isinstance(value, int | float)):
-                raise ValueError(f"{f.name} must be a number, got {value!r}")
+        self._check_types()
+        for name, ok, rule in _RANGES:
+            value = getattr(self, name)
+            if value is not None and not ok(value):
+                raise ValueError(f"{name} must be {rule}, got {value!r}")
         if isinstance(self.btoks, dict):
             self.btoks = BToksConfig.from_dict(self.btoks)
         self.data = [DataSource(**d) if isinstance(d, dict) else d for d in self.data]
         if not self.data and not self.examples and self.data_root:
             self.data = manifest_sources(self.data_root)
-        for name in ("max_steps", "batch_size", "log_every", "save_every", "video_frames"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.grad_cache_chunk is not None and self.grad_cache_chunk < 1:
-            raise ValueError(f"grad_cache_chunk must be >= 1 or null, got {self.grad_cache_chunk!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if not self.data and not self.examples:
             raise ValueError("no training data: set `data` (datasets), `data_root` (a folder whose manifest.json "
                              "lists `train` sets, e.g. mini-MMEB) or `examples` (a built-in example set)")
+
+    def _check_types(self) -> None:
+        """Numbers are numbers (integers where counted), switches are booleans: ``lora=maybe`` or ``seed=1e3``
+        would otherwise be accepted and fail, or silently mean something else, much later."""
+        for f in dataclasses.fields(self):
+            kind = str(f.type).removesuffix(" | None")
+            value = getattr(self, f.name)
+            if value is None and str(f.type).endswith("| None"):
+                continue
+            if kind == "float" and isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+                setattr(self, f.name, value := float(value))  # YAML 1.1 reads "2e-3" as a string
+            if kind == "float" and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise ValueError(f"{f.name} must be a number, got {value!r}")
+            if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{f.name} must be an integer, got {value!r}")
+            if kind == "bool" and not isinstance(value, bool):
+                raise ValueError(f"{f.name} must be true or false, got {value!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -103,13 +114,42 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
         """Read a YAML file, or a preset shipped with btoks by name (``mini-quick``, ``mini-full``)."""
-        values = yaml.safe_load(preset_path(path).read_text()) or {}
+        file = preset_path(path)
+        try:
+            values = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{file}: invalid YAML ({_yaml_problem(e)})") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{file}: expected a mapping of settings (key: value), got {type(values).__name__}")
         for item in overrides or []:
             apply_override(values, item)
         return cls.from_dict(values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+_POSITIVE_INTS = ("max_steps", "batch_size", "log_every", "save_every", "video_frames", "lora_r", "grad_cache_chunk",
+                  "image_max_pixels")
+_RANGES: list[tuple[str, Any, str]] = [
+    *((name, lambda v: v >= 1, ">= 1") for name in _POSITIVE_INTS),
+    ("lr", lambda v: v > 0, "> 0"),
+    ("lora_alpha", lambda v: v > 0, "> 0"),
+    ("lora_dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("weight_decay", lambda v: v >= 0, ">= 0"),
+    ("max_grad_norm", lambda v: v > 0, "> 0"),
+    ("warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("seed", lambda v: v >= 0, ">= 0"),
+    ("keep_checkpoints", lambda v: v >= 0, ">= 0 (0 keeps all)"),
+]
+"""(field, test, rule) checked after the types: values that would only fail (or mislead) deep in training."""
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line from a YAML error: the problem and its line/column, without the multi-line excerpt."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def preset_path(path: str | Path) -> Path:
@@ -168,4 +208,7 @@ def apply_override(values: dict[str, Any], item: str) -> None:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise ValueError(f"override {item!r}: {p!r} is not a section")
-    node[leaf] = yaml.safe_load(raw)
+    try:
+        node[leaf] = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ValueError(f"override {item!r}: invalid value ({_yaml_problem(e)})") from None

@@ -26,6 +26,7 @@ from transformers import get_linear_schedule_with_warmup
 from btoks.data.media import MediaConfig
 from btoks.data.readers import ConcatTrainSets, TrainPair, read_train
 from btoks.model import BToksModel
+from btoks.train import rundir
 from btoks.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from btoks.train.config import TrainConfig
 from btoks.train.step import ChunkRunner, compute_gradients, prepare_batch
@@ -43,7 +44,8 @@ def load_train_sets(cfg: TrainConfig) -> list[Sequence[TrainPair]]:
     for src in cfg.data:
         path = Path(cfg.data_root or ".", src.path) if src.path else Path(cfg.data_root or ".", src.name)
         sets.append(read_train(path, dataset=src.name, root=src.image_root or cfg.data_root,
-                               media=MediaConfig(num_frames=cfg.video_frames), ntp_side=src.ntp_side))
+                               media=MediaConfig(num_frames=cfg.video_frames, decode_pixels=cfg.image_max_pixels),
+                               ntp_side=src.ntp_side))
     return sets
 
 
@@ -88,7 +90,8 @@ class Trainer:
     def save(self) -> None:
         if self.accelerator.is_main_process:
             save_checkpoint(self.ckpt_dir, self.step, self.params, self.optimizer, self.scheduler,
-                            {"sampler": self.sampler.state_dict(step=self.step)}, keep=self.cfg.keep_checkpoints)
+                            {"sampler": self.sampler.state_dict(step=self.step), "config": self.cfg.to_dict()},
+                            keep=self.cfg.keep_checkpoints)
         self.accelerator.wait_for_everyone()
 
     def maybe_resume(self) -> bool:
@@ -105,15 +108,17 @@ class Trainer:
     def train(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> BToksModel:
         """Run to ``max_steps`` (resuming from the latest checkpoint) and save the final model."""
         cfg, acc = self.cfg, self.accelerator
-        self.out.mkdir(parents=True, exist_ok=True)
-        if acc.is_main_process:
-            (self.out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+        if acc.is_main_process:  # refuses a different configuration's run; cleans a killed run's leftovers
+            rundir.prepare(self.out, cfg.to_dict(), resume=cfg.resume)
+        acc.wait_for_everyone()
         self.maybe_resume()
+        if acc.is_main_process:
+            rundir.trim_log(self.out, self.step)
         self.model.train()
         rank, per_rank = acc.process_index, cfg.batch_size
         batches = iter(self.sampler)
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", disable=not acc.is_main_process)
-        log_file = self.out / "log.jsonl"
+        log_file = self.out / rundir.LOG_FILE
         started = time.time()
         while self.step < cfg.max_steps:
             indices = next(batches)[rank * per_rank:(rank + 1) * per_rank]
