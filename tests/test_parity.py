@@ -84,7 +84,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp(min=1e-12))
 
 
-CASES = sorted(json.loads((FIX / "cases.json").read_text())["cases"]) if (FIX / "cases.json").is_file() else []
+CASES = sorted(meta()["cases"]) if (FIX / "cases.json").is_file() else []
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -119,3 +119,46 @@ def test_paper_preset_matches_authors_code(name):
         else:
             grad = got[key]
         assert _rel(grad, ref) < TOL, (name, key, _rel(grad, ref))
+
+
+CHECKPOINTS = sorted(meta().get("checkpoints", {})) if (FIX / "cases.json").is_file() else []
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The backbone folder the fixture checkpoints name (``tiny-qwen2vl``): the fixture weights, saved."""
+    bb = tiny_qwen2vl()
+    weights = {k: v.float() for k, v in load_file(FIX / "model.safetensors").items()}
+    bb.model.load_state_dict(weights, strict=True)
+    path = tmp_path_factory.mktemp("authors") / "tiny-qwen2vl"
+    bb.model.save_pretrained(path)
+    bb.save_processors(str(path))
+    return path
+
+
+@pytest.mark.parametrize("version", CHECKPOINTS)
+@pytest.mark.parametrize("merge", [False, True], ids=["adapter", "merged"])
+def test_authors_checkpoint_loads_with_their_embeddings(version, merge, tiny_dir):
+    """A run folder of the authors' code (base_model/ + checkpoint-1/ with their peft adapter; v2: the
+    attention-pooling head in modules_to_save) loads through ``BToksModel.from_pretrained`` and embeds like
+    their evaluation loader (PEFT load + merge)."""
+    ref = meta()["checkpoints"][version]
+    model = BToksModel.from_pretrained(FIX / f"authors_checkpoint_{version}", base_model=str(tiny_dir), merge=merge,
+                                       attn_implementation="eager")
+    assert model.config.pooling == {"v1": "btoks", "v2": "attention"}[version] and model.config.num_btoks == 4
+    images = {k: Image.open(FIX / f"image_{k}.png").convert("RGB") for k in ("a", "b")}
+    queries = [Sample(text=q, images=[images[i]] if i else []) for q, i in ref["queries"]]
+    model.eval()
+    emb = model.embed(queries)
+    assert (emb - torch.tensor(ref["embeddings"])).abs().max() < TOL
+
+
+def test_authors_checkpoint_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"btoks_config\.json not found"):
+        BToksModel.from_pretrained(tmp_path)  # neither layout
+    ckpt = tmp_path / "checkpoint-3"
+    ckpt.mkdir()
+    (ckpt / "adapter_config.json").write_text(json.dumps(
+        {"auto_mapping": {"parent_library": "vlm2emb.model"}, "base_model_name_or_path": "/gone/base_model"}))
+    with pytest.raises(FileNotFoundError, match="no base_model/ folder"):
+        BToksModel.from_pretrained(tmp_path)  # newest checkpoint-N found, its base_model/ is missing

@@ -173,9 +173,11 @@ def _save_tiny_backbone(tok: Any, directory: Path) -> None:
     tok.save_pretrained(directory)
 
 
-def _build(directory: Path, lora: bool) -> tuple[Any, Any, Any]:
+def _build(directory: Path, lora: bool, pooling: dict[str, Any] | None = None,
+           base_model_dir: Path | None = None) -> tuple[Any, Any, Any]:
     """Their model (injector → Qwen2VLBackbone → BToksPooling → Normalize), set up with their processor
-    wrapper; with ``lora`` their ``apply_peft`` (LoRA + DoRA + trainable BTok rows)."""
+    wrapper; with ``lora`` their ``apply_peft`` (LoRA + DoRA + trainable BTok rows). ``base_model_dir``:
+    save the reference-mode base model first, as their train.py does before PEFT."""
     import torch
     from vlm2emb.data.processors import Qwen2VLProcessorWrapper
     from vlm2emb.model import create_model
@@ -185,13 +187,19 @@ def _build(directory: Path, lora: bool) -> tuple[Any, Any, Any]:
         "injector": {"type": "BToksTokenInjector", "num_tokens": 4},
         "backbone": {"type": "Qwen2VLBackbone", "model_name_or_path": str(directory), "dtype": "float32",
                      "attn_implementation": "eager", "trust_remote_code": False},
-        "pooling": {"type": "BToksPooling"},
+        "pooling": pooling or {"type": "BToksPooling"},
         "normalize": {"type": "Normalize"},
     }})
     tok = _tiny_tokenizer()
     processor = _processor(tok)
     model.setup(processor=processor)
     wrapper = Qwen2VLProcessorWrapper(processor)
+    if base_model_dir is not None:
+        model.save_pretrained(str(base_model_dir), save_base_weights=False)
+        tok.save_pretrained(str(base_model_dir))
+        processor.image_processor.save_pretrained(str(base_model_dir))
+        model.__dict__["name_or_path"] = str(base_model_dir)
+        model.config._name_or_path = str(base_model_dir)
     if lora:
         model = apply_peft(model, dict(LORA, type="lora", dropout=0.0,
                                        trainable_token_indices=model.get_trainable_token_indices()))
@@ -200,7 +208,9 @@ def _build(directory: Path, lora: bool) -> tuple[Any, Any, Any]:
             for name, p in model.named_parameters():
                 if "lora_B" in name or "trainable_tokens_delta" in name:
                     p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-                if "lora_" in name or "trainable_tokens" in name:
+                if "_modules_dict.pooling." in name:
+                    p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+                if "lora_" in name or "trainable_tokens" in name or "_modules_dict.pooling." in name:
                     p.copy_(p.half().float())  # the DoRA magnitude too: stored as float16, exactly
     return model, wrapper, tok
 
@@ -277,6 +287,46 @@ def _run_case(name: str, directory: Path, images: dict[str, Any], out: Path) -> 
                                                                                  ("positive", positives))}}
 
 
+POOLINGS = {"v1": {"type": "BToksPooling"},
+            "v2": {"type": "BToksAttentionPooling", "hidden_dim": TEXT["hidden_size"], "mlp_ratio": 4.0,
+                   "dropout": 0.1, "attention_scale": True}}
+
+
+def _checkpoint(version: str, directory: Path, images: dict[str, Any], out: Path) -> dict[str, Any]:
+    """A training run's output in the authors' layout (``base_model/`` + ``checkpoint-1/`` from their HF
+    Trainer save, without the processor copy, optimizer or trainer state), reloaded by their evaluation loader (``_load_peft_checkpoint``: PEFT load + merge);
+    records the embeddings of ``IMAGE_PAIRS``' queries. The backbone path in ``base_model/config.json`` is
+    rewritten to ``tiny-qwen2vl`` (the test rebuilds that folder from ``model.safetensors``)."""
+    import torch
+    from vlm2emb.data.processors import batch_processor_outputs
+    from vlm2emb.evaluation.evaluate import _load_peft_checkpoint
+
+    run = out / f"authors_checkpoint_{version}"
+    model, wrapper, _ = _build(directory, lora=True, pooling=POOLINGS[version], base_model_dir=run / "base_model")
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = _trainer(model, wrapper, 4, "compressed", Path(tmp))
+        trainer.processing_class = None  # their processor save needs a video processor (torchvision)
+        trainer._save(str(run / "checkpoint-1"))
+    queries = [wrapper([q.replace("<image>", "<|image_pad|>")], [[images[qi]] if qi else None])[0]
+               for q, qi, _, _, _ in IMAGE_PAIRS]
+    loaded, _ = _load_peft_checkpoint(str(run / "checkpoint-1"), {}, _adapter_config(run / "checkpoint-1"))
+    loaded.eval()
+    with torch.no_grad():
+        emb = loaded(**batch_processor_outputs(queries, wrapper))["embeddings"]
+    for path in (run / "base_model" / "config.json", run / "checkpoint-1" / "adapter_config.json"):
+        text = path.read_text().replace(str(directory), "tiny-qwen2vl").replace(str(run / "base_model"), "base_model")
+        path.write_text(text)
+    for junk in ("training_args.bin", "README.md"):
+        (run / "checkpoint-1" / junk).unlink(missing_ok=True)
+    return {"embeddings": emb.tolist(), "queries": [[q, qi] for q, qi, _, _, _ in IMAGE_PAIRS]}
+
+
+def _adapter_config(path: Path) -> Any:
+    from peft import PeftConfig
+
+    return PeftConfig.from_pretrained(str(path))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--authors-src", required=True, help="the authors' checkout's src/ (has vlm2emb/)")
@@ -303,11 +353,12 @@ def main() -> None:
         weights = {_hf_name(n): p.detach().half().contiguous() for n, p in base.state_dict().items()}
         save_file(weights, str(out / "model.safetensors"))
         cases = {name: _run_case(name, Path(tmp), images, out) for name in a.cases}
+        checkpoints = {v: _checkpoint(v, Path(tmp), images, out) for v in POOLINGS}
     meta = {"generated_by": "tools/parity_fixtures.py", "authors_commit": a.authors_commit,
             "transformers": transformers.__version__, "torch": torch.__version__,
             "text_config": TEXT, "mrope_section": MROPE_SECTION, "vision_config": VISION,
             "token_ids": _token_ids(tok), "btok_ids": tok.convert_tokens_to_ids([f"<|btok_{i}|>" for i in range(4)]),
-            "gen_weight": GEN_WEIGHT, "temperature": TEMPERATURE, "lora": LORA, "cases": cases}
+            "gen_weight": GEN_WEIGHT, "temperature": TEMPERATURE, "lora": LORA, "cases": cases, "checkpoints": checkpoints}
     (out / "cases.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(f"wrote {len(cases)} cases to {out}")
 

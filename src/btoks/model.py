@@ -16,7 +16,7 @@ from transformers import DynamicCache
 
 from btoks.backbones import Backbone, ModelInputs, load_backbone
 from btoks.backbones.base import TEXT, TokenRow
-from btoks.config import BToksConfig
+from btoks.config import CONFIG_NAME, BToksConfig
 from btoks.data.sample import Sample
 from btoks.losses import generative_loss
 from btoks.masks import condensation_mask, to_additive
@@ -409,15 +409,24 @@ class BToksModel(nn.Module):
             raise
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, merge: bool = False, **load_kwargs: Any) -> BToksModel:
+    def from_pretrained(cls, path: str | Path, *, merge: bool = False, base_model: str | None = None,
+                        **load_kwargs: Any) -> BToksModel:
         """Load what ``save_pretrained`` wrote (the LoRA base is re-read from ``config.base_model``).
 
         ``merge=True`` folds a LoRA adapter into the weights for inference: same embeddings, no adapter
         overhead per forward (peft's trainable-token rows otherwise rebuild the embedding matrix every call).
-        A merged model saves in full.
+        A merged model saves in full. A run folder or ``checkpoint-N`` of the authors' code loads too
+        (``btoks.convert``); ``base_model`` overrides where the backbone is read from.
         """
         path = Path(path)
+        if not (path / CONFIG_NAME).is_file():
+            from btoks.convert import find_checkpoint, load_authors_checkpoint
+
+            if find_checkpoint(path) is not None:  # a run of the authors' code (docs/parity.md)
+                return load_authors_checkpoint(path, base_model=base_model, merge=merge, **load_kwargs)
         config = BToksConfig.load(path)
+        if base_model is not None:
+            config.base_model = base_model
         if (path / ADAPTER_DIR).is_dir():
             from peft import PeftModel
 
