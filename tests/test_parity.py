@@ -74,10 +74,15 @@ def samples(case: dict) -> tuple[list[Sample], list[Sample]]:
     queries, positives = [], []
     for i, (q, qi, p, pi, side) in enumerate(case["pairs"]):
         queries.append(Sample(text=q, images=[images[qi]] if qi else [], id=f"q{i}",
-                              target=p if side in ("positive", "both") else None))
+                              target=_plain(p) if side in ("positive", "both") else None))
         positives.append(Sample(text=p, images=[images[pi]] if pi else [], id=f"p{i}",
-                                target=q if side in ("query", "both") else None))
+                                target=_plain(q) if side in ("query", "both") else None))
     return queries, positives
+
+
+def _plain(text: str) -> str:
+    """A target as btoks' readers give it with ``gic_target="text"``: the other side's text, markers removed."""
+    return text.replace("<image>", "").strip()
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

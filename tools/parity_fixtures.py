@@ -66,11 +66,11 @@ TEXT_PAIRS = [
     ("handwritten digit seven\n", None, "seven\n", None, "positive"),
     ("the stock market rose\n", None, "investors welcomed the news\n", None, "positive"),
 ]
-SORT_PAIRS = [
+SORT_PAIRS = [  # sorting by query length regroups the chunks of 2: {0, 1}, {2, 3} → {1, 3}, {2, 0}
     ("the stock market rose as investors welcomed the news from the central bank on Tuesday\n", None,
      "investors\n", None, "positive"),
-    ("<image>\nWhat shape?\n", "a", "a red circle\n", None, "positive"),
     ("a cat\n", None, "<image>\nRepresent the given image.\n", "b", "query"),
+    ("<image>\nWhat shape?\n", "a", "a red circle\n", None, "positive"),
     ("digit nine\n", None, "nine\n", None, "none"),
 ]
 CASES = {  # name: (pairs, GradCache chunk, LoRA, KV mode)

@@ -423,7 +423,7 @@ class BToksModel(nn.Module):
             from btoks.convert import find_checkpoint, load_authors_checkpoint
 
             if find_checkpoint(path) is not None:  # a run of the authors' code (docs/parity.md)
-                return load_authors_checkpoint(path, base_model=base_model, merge=merge, **load_kwargs)
+                return load_authors_checkpoint(path, base_model=base_model, merge=merge, **load_kwargs).eval()
         config = BToksConfig.load(path)
         if base_model is not None:
             config.base_model = base_model
@@ -442,4 +442,4 @@ class BToksModel(nn.Module):
             from safetensors.torch import load_file
 
             model.pooler.load_state_dict(load_file(path / POOLER_FILE))
-        return model
+        return model.eval()  # like transformers: loaded for inference (dropout off); train() to fine-tune
