@@ -14,11 +14,11 @@ from btoks import model as model_mod
 from btoks.analysis.ablate import _config_hash, cell_config, find_cell, make_cells, parse_grid
 from btoks.analysis.attention import MaskLeakError, attention_shares
 from btoks.analysis.decode import banned_ids, decode_btoks, generate_ids
+from btoks.backbones.tiny import tiny_backbone
 from btoks.cli import main
 from btoks.eval import registry
 from btoks.loading import load
 from btoks.model import TargetBatch
-from btoks.tiny import tiny_backbone
 
 QUERY, BTOKS, TARGET = 0, 1, 2
 TEXT, VISION = 0, 1

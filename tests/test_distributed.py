@@ -13,8 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from btoks import BToksConfig, BToksModel, Sample
+from btoks.backbones.tiny import tiny_backbone
 from btoks.losses import info_nce
-from btoks.tiny import tiny_backbone
 from btoks.train.step import ChunkRunner, compute_gradients, prepare_batch
 
 WORLD, PER_RANK, CHUNK, GEN = 2, 4, 2, 2.0

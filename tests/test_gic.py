@@ -6,8 +6,8 @@ import torch
 from transformers import DynamicCache
 
 from btoks import BToksConfig, BToksModel, Sample
+from btoks.backbones.tiny import tiny_backbone
 from btoks.masks import condensation_mask, to_additive
-from btoks.tiny import tiny_backbone
 
 
 def _batch(family, rgb):

@@ -335,7 +335,12 @@ def test_slow_client_gets_408_and_does_not_block_others(served) -> None:
         slow.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 1000\r\n\r\n{\"input\": ")  # ... and then nothing more
         assert httpx.post(f"{url}/v1/embeddings", json={"input": "meanwhile"}, timeout=60).status_code == 200
-        answer = slow.recv(4096)
+        answer = b""
+        while not answer.endswith(b"}"):  # headers and body may arrive in separate segments
+            chunk = slow.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"not received within 1 s" in answer
 
@@ -367,3 +372,136 @@ def test_concurrent_load_on_a_real_server_has_no_failures_and_bounded_memory(ser
     assert not failed, failed
     growth = _rss_mib(proc.pid) - before
     assert growth < 300, f"RSS grew by {growth} MiB under load"
+
+
+# ---------------------------------------------------------------------------------------------- re-running
+
+
+def test_quickstart_rerun_keeps_the_first_runs_timings(tmp_path: Path, monkeypatch) -> None:
+    """Stages are faked (their outputs written instantly); a re-run reuses them and must not overwrite the
+    first run's stage timings with the near-zero time of finding them."""
+    import json
+    import time
+
+    from btoks import quickstart
+    from btoks.cli import main
+
+    def fake_data(out: Path, size: str, seed: int) -> Path:
+        (out / "data").mkdir(exist_ok=True)
+        if not (out / "data" / "manifest.json").is_file():
+            time.sleep(0.05)
+            (out / "data" / "manifest.json").write_text(json.dumps({"size": size}))
+        return out / "data"
+
+    def fake_train(preset, arm, out, data, extra) -> Path:
+        model = out / arm.name / "model"
+        if not (model / "btoks_config.json").is_file():
+            time.sleep(0.05)
+            model.mkdir(parents=True)
+            (model / "btoks_config.json").write_text("{}")
+        return model
+
+    def fake_eval(model, data, out_dir, batch_size) -> None:
+        out_dir.mkdir(exist_ok=True)
+        if not (out_dir / "summary.json").is_file():
+            time.sleep(0.05)
+            (out_dir / "summary.json").write_text("{}")
+
+    def fake_compare(a, b, out, labels, progress):
+        out.mkdir(exist_ok=True)
+        (out / "compare.md").write_text("table")
+        return {"overall": None, "meta_tasks": {}, "modalities": {}}
+
+    monkeypatch.setattr(quickstart, "build_data", fake_data)
+    monkeypatch.setattr(quickstart, "train_arm", fake_train)
+    monkeypatch.setattr(quickstart, "evaluate", fake_eval)
+    monkeypatch.setattr(quickstart, "compare", fake_compare)
+    monkeypatch.setattr(quickstart, "first_losses", lambda run: (1.0, 0.5))
+    argv = ["quickstart", "--out", str(tmp_path), "--no-search"]
+    assert main(argv) == 0
+    first = json.loads((tmp_path / "quickstart.json").read_text())["wall_times_s"]
+    assert all(v >= 0.05 for k, v in first.items() if k != "total_s")
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "quickstart.json").read_text())["wall_times_s"] == first
+
+
+# ---------------------------------------------------------------------------------------------- CLI errors
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str]:
+    """Exit code and the error line(s) of ``btoks ARGV`` (progress bars of model loading filtered out)."""
+    from btoks.cli import main
+
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return code, "\n".join(line for line in err.splitlines() if line.startswith("btoks "))
+
+
+def test_index_errors_are_one_line_messages(tmp_path: Path, capsys) -> None:
+    import fcntl
+
+    import torch
+    from _serve_helpers import tiny_model, tiny_model_dir
+
+    from btoks.serve.index import build_index
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("a circle")
+    code, err = _cli(capsys, "search", str(tmp_path / "docs"), "query")
+    assert code == 2 and err.startswith("btoks search: error: ") and "not a btoks index" in err
+    assert "\n" not in err and "Traceback" not in err
+
+    build_index(tiny_model(), [tmp_path / "docs"], tmp_path / "idx", show_progress_bar=False)
+    other = tiny_model()  # the same architecture with other weights: embeddings are not comparable
+    state = {k: v.clone() for k, v in other.state_dict().items()}
+    try:
+        with torch.no_grad():
+            for p in other.parameters():
+                p.add_(torch.randn_like(p) * 0.5, alpha=1.0)
+        other.save_pretrained(tmp_path / "other")
+    finally:
+        other.load_state_dict(state)
+    code, err = _cli(capsys, "search", str(tmp_path / "idx"), "query", "--model", str(tmp_path / "other"))
+    assert code == 2 and "does not match the one the index was built with" in err and "\n" not in err
+
+    with (tmp_path / "idx" / ".lock").open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another writer holds the index
+        code, err = _cli(capsys, "index", str(tiny_model_dir()), str(tmp_path / "docs"), "--out",
+                         str(tmp_path / "idx"), "--no-progress")
+    assert code == 2 and "another process is writing this index" in err and "\n" not in err
+
+    code, err = _cli(capsys, "index", str(tmp_path / "nope"), str(tmp_path / "docs"), "--out", str(tmp_path / "i2"),
+                     "--chunk-chars", "50", "--chunk-overlap", "50")
+    assert code == 2 and "chunk overlap must be" in err  # refused before any model is loaded
+    code, err = _cli(capsys, "serve", str(tmp_path / "docs"))
+    assert code == 2 and "not a btoks model folder" in err
+
+
+def test_config_and_compare_errors_are_one_line_messages(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: tiny:llama\n  lr: [1\n")
+    (tmp_path / "data" / "ImageNet-1K").mkdir(parents=True)
+    for argv, message in (
+        (("train", str(bad)), "invalid YAML"),
+        (("train", "configs/tiny.yaml", "lr=-1", "--dry-run"), "lr must be > 0"),
+        (("train", "configs/tiny.yaml", "lora=maybe", "--dry-run"), "lora must be true or false"),
+        (("eval", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "r")), "no manifest.json"),
+        (("eval", str(tmp_path), "--data", str(tmp_path / "data"), "--out", str(tmp_path / "r")),
+         "not a saved btoks model"),
+    ):
+        code, err = _cli(capsys, *argv)
+        assert code == 2 and message in err and "\n" not in err, (argv, err)
+
+
+def test_compare_with_no_common_dataset_is_an_error(tmp_path: Path, capsys) -> None:
+    from btoks.eval import registry
+    from btoks.eval.report import DatasetResult, save_result
+
+    for run, name in (("a", "ImageNet-1K"), ("b", "N24News")):
+        spec = registry.get(name)
+        save_result(tmp_path / run, DatasetResult(dataset=spec.name, modality=spec.modality,
+                                                  meta_task=spec.meta_task, metric=spec.metric, score=50.0,
+                                                  n_queries=2, per_query=[0.0, 1.0]))
+    code, err = _cli(capsys, "compare", str(tmp_path / "a"), str(tmp_path / "b"))
+    assert code == 2 and "no dataset in common" in err and "ImageNet-1K" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import re
 import shutil
 from pathlib import Path
@@ -280,3 +281,43 @@ def test_check_root(tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -
     out = capsys.readouterr().out
     assert re.search(r"incomplete\s+video\s+MSR-VTT\s+2 queries, skipped missing_file: 1", out)
     assert re.search(r"ok\s+video\s+UCF101\s+3 queries", out) and "incomplete: 1 ok: 1 (of 2)" in out
+
+
+# ---------------------------------------------------------------- multi-process
+
+
+def test_two_processes_give_the_same_scores(tree: Path, tiny_model: Path, tmp_path: Path) -> None:
+    """torchrun with 2 CPU processes (gloo): each embeds a shard, the scores equal a one-process run."""
+    import os
+    import subprocess
+    import sys
+
+    from btoks.eval.report import load_run
+
+    names = ["ImageNet-1K", "MSR-VTT", "ViDoRe_arxivqa"]
+    runner.evaluate(tiny_model, tree, names, out_dir=tmp_path / "one", progress=False, log=None)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "btoks.cli",
+         "eval", str(tiny_model), "--data", str(tree), "--out", str(tmp_path / "two"), "--no-progress",
+         "--datasets", *names], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("Overall") == 1  # only process 0 reports
+    one, two = load_run(tmp_path / "one"), load_run(tmp_path / "two")
+    assert set(one) == set(two) == set(names)
+    for n in names:
+        assert two[n].per_query == pytest.approx(one[n].per_query, abs=1e-6), n
+        assert two[n].metrics == pytest.approx(one[n].metrics, abs=1e-4), n
+    run = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert run["processes"] == 2
+
+
+def test_frames_picked_like_the_reference(tree: Path) -> None:
+    """The reference takes np.linspace(0, n-1, 8) of a frame folder's frames (first and last included)."""
+    from btoks.data.media import uniform_indices
+
+    assert uniform_indices(64, 8, "linspace") == [0, 9, 18, 27, 36, 45, 54, 63]
+    assert uniform_indices(64, 8) == [4, 12, 20, 28, 36, 44, 52, 60]
+    assert uniform_indices(3, 8, "linspace") == uniform_indices(3, 8)  # too few frames: repeat, as before
+    ev = read("MSR-VTT", tree)
+    assert ev.queries.media.frame_sampling == "linspace"

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from btoks import BToksConfig, BToksModel, Sample
+from btoks.backbones.tiny import tiny_backbone, tiny_tokenizer
 from btoks.config import check_ntp_side
-from btoks.tiny import tiny_backbone, tiny_tokenizer
 
 FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llama"]
 

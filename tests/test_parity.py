@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from btoks import BToksModel, Sample
 from btoks.backbones import QwenVLBackbone
-from btoks.tiny import tiny_tokenizer
+from btoks.backbones.tiny import tiny_tokenizer
 from btoks.train import TrainConfig
 from btoks.train.step import compute_gradients, prepare_batch
 

@@ -135,3 +135,38 @@ def test_load_manifest(tmp_path: Path) -> None:
                                                       "metric": "hit@1"}]))
     with pytest.raises(ValueError, match=r"bad2.json: dataset #0 \(b2\).*meta_task"):
         registry.load_manifest(tmp_path / "bad2.json")
+
+
+def test_reference_facts_per_dataset() -> None:
+    """Family, ranking, published folders, hub source and reference file for every one of the 78; the
+    reference harness's instructions to the character (TIGER-AI-Lab/VLM2Vec src/data/eval_dataset/)."""
+    from btoks.eval.mmeb_labels import MVBENCH_CONFIGS, VIDEO_LABELS
+
+    for s in MMEB_V2:
+        assert s.family in registry.FAMILIES and s.folders and s.hf and s.reference.startswith("src/data/eval_dataset/")
+    ranking = {s.name: s.ranking for s in MMEB_V2}
+    assert {n for n, r in ranking.items() if r == "global"} == {
+        "K700", "HMDB51", "UCF101", "Breakfast", "DiDeMo", "MSR-VTT", "MSVD", "VATEX", "YouCook2",
+        *(s.name for s in MMEB_V2 if s.modality == "visdoc")}
+    get = registry.get
+    assert get("HMDB51").query_instruction == "What actions or objects interactions are the person in the video doing?"
+    assert get("Breakfast").query_instruction == "Recognize the breakfast type that the person is cooking in the video. "
+    assert get("MSVD").query_instruction == "Find the video snippet that corresponds to the given summary:"
+    assert get("DiDeMo").query_instruction == "Find a video that includes the following described scenes:"
+    assert get("VATEX").query_instruction == "Select a video that fits the description provided:"
+    assert get("YouCook2").query_instruction == ("Find a video that demonstrates the following action while making "
+                                                 "a recipe:")
+    assert get("QVHighlight").target_instruction == "Understand the content of the provided video."
+    assert get("MomentSeeker").target_instruction == "Understand the content of the provided video clip."
+    assert dict(get("MomentSeeker").instruction_variants)["image"] == ("Select the video clip that aligns with the "
+                                                                       "given text and image:")
+    assert get("NExTQA").query_instruction.endswith("Return only the exact text of your chosen answer. Question: ")
+    assert get("NExTQA").folders == ("NExTQA/MC",) and get("MSR-VTT").hf == ("VLM2Vec/MSR-VTT", "test_1k")
+    assert get("YouCook2").split == "val" and get("MVBench").split == "train" and get("VisRAG_PlotQA").split == "train"
+    assert get("K700").hf == ("VLM2Vec/Kinetics-700", "") and get("Kinetics-700").name == "K700"
+    assert get("SSv2").name == "SmthSmthV2" and get("Charades_STA").name == "Charades-STA"
+    assert get("ViDoSeek-page-fixed").name == "ViDoSeek-page" and get("esg_reports_v2").name.endswith("multilingual")
+    assert get("ViDoRe_esg_reports_v2").language == "english" and "ViDoRe_esg_reports_v2" not in registry.MMEB_V2_NAMES
+    assert {k: len(v) for k, v in VIDEO_LABELS.items()} == {"K700": 700, "SmthSmthV2": 174, "UCF101": 101,
+                                                             "HMDB51": 51, "Breakfast": 10}
+    assert len(MVBENCH_CONFIGS) == 20

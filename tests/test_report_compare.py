@@ -12,14 +12,13 @@ from PIL import Image
 from scipy.stats import wilcoxon
 
 from btoks.eval import registry
-from btoks.eval.compare import add_compare_args, compare, compare_results, paired_bootstrap, run_compare
+from btoks.eval.cli import add_compare_args, add_report_args, run_compare, run_report
+from btoks.eval.compare import compare, compare_results, paired_bootstrap
 from btoks.eval.report import (
     SCHEMA,
     DatasetResult,
-    add_report_args,
     aggregate,
     load_run,
-    run_report,
     save_result,
     write_summary,
 )

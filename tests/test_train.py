@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from btoks import BToksConfig, BToksModel
+from btoks.backbones.tiny import tiny_backbone
 from btoks.data.examples import shapes
-from btoks.tiny import tiny_backbone
 from btoks.train import TrainConfig, Trainer
 from btoks.train.step import compute_gradients, prepare_batch
 

@@ -113,12 +113,12 @@ class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def _tiny_tokenizer() -> Any:
-    """btoks.tiny's byte-level BPE (same training text, same vocabulary) as the Qwen2 tokenizer class their
+    """The byte-level BPE of btoks.backbones.tiny (same vocabulary) as the Qwen2 tokenizer class their
     processor requires."""
     from tokenizers import Tokenizer
     from transformers import Qwen2TokenizerFast
 
-    spec = importlib.util.spec_from_file_location("btoks_tiny", ROOT / "src" / "btoks" / "tiny.py")
+    spec = importlib.util.spec_from_file_location("btoks_tiny", ROOT / "src" / "btoks" / "backbones" / "tiny.py")
     assert spec is not None and spec.loader is not None
     tiny = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tiny)

@@ -17,9 +17,9 @@ COMMANDS: list[tuple[str, str, str, str, str]] = [
      "train a BToks embedder from a YAML preset (InfoNCE + Generative Information Condensation)"),
     ("eval", "btoks.eval.cli", "add_eval_args", "run_eval",
      "evaluate a model on MMEB-V2-format data (cached, resumable) and write Markdown/JSON/PNG reports"),
-    ("compare", "btoks.eval.compare", "add_compare_args", "run_compare",
+    ("compare", "btoks.eval.cli", "add_compare_args", "run_compare",
      "compare two eval runs: per-dataset deltas, paired bootstrap CIs, Wilcoxon signed-rank"),
-    ("report", "btoks.eval.report", "add_report_args", "run_report", "re-write the summary of an eval run"),
+    ("report", "btoks.eval.cli", "add_report_args", "run_report", "re-write the summary of an eval run"),
     ("index", "btoks.serve.cli", "add_index_args", "run_index",
      "embed folders of images, PDFs, videos and text into a FAISS index"),
     ("search", "btoks.serve.cli", "add_search_args", "run_search", "search an index with text and/or an image"),
@@ -31,9 +31,22 @@ COMMANDS: list[tuple[str, str, str, str, str]] = [
      "attention analysis: where target tokens and BToks put their attention, with and without the mask"),
     ("decode", "btoks.analysis.cli", "add_decode_args", "run_decode",
      "generate text from the BTok-only KV cache of an input (what did the bottleneck keep?)"),
-    ("ablate", "btoks.analysis.ablate", "add_ablate_args", "run_ablate",
+    ("quickstart", "btoks.quickstart", "add_quickstart_args", "run_quickstart",
+     "the whole workflow offline: build mini-MMEB, train BToks+GIC and last-token, evaluate, compare, search"),
+    ("ablate", "btoks.analysis.cli", "add_ablate_args", "run_ablate",
      "run a matched ablation grid (K, mask, λ, pooling), evaluate each cell, write table + plot + paired tests"),
 ]
+
+
+def positive_int(value: str) -> int:
+    """argparse ``type`` for counts and sizes: an integer >= 1 (a usage error naming the option otherwise)."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return n
 
 
 def _optional(module: str) -> bool:

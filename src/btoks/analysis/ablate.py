@@ -21,7 +21,6 @@ with different λ or mask settings) are trained and evaluated once.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import json
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from btoks.eval.compare import format_p, format_score
 
 CELL_FILE = "cell.json"
 SCHEMA = "btoks.analysis.ablate/v1"
@@ -273,16 +274,6 @@ def ablate(config: str | Path, grid: Sequence[str], eval_data: str | Path, out: 
     return result
 
 
-def _f(x: float | None, signed: bool = False) -> str:
-    if x is None:
-        return "-"
-    return f"{x:+.2f}" if signed else f"{x:.2f}"
-
-
-def _p(x: float | None) -> str:
-    return "-" if x is None else (f"{x:.3f}" if x >= 0.001 else "<0.001")
-
-
 def ablation_markdown(res: dict[str, Any]) -> str:
     """Cells × (settings, Overall, modalities, Δ vs reference with CI, Wilcoxon p, losses), then datasets."""
     cells, tests, ref = res["cells"], res["tests"], res["reference"]
@@ -302,15 +293,15 @@ def ablation_markdown(res: dict[str, Any]) -> str:
         if c["cell"] == ref:
             delta, ci, p = "ref", "", ""
         elif t and "delta" in t:
-            delta = _f(t["delta"], True) + ("*" if t["significant"] else "")
-            ci, p = f"[{_f(t['lo'], True)}, {_f(t['hi'], True)}]", _p(t["wilcoxon_p"])
+            delta = format_score(t["delta"], True) + ("*" if t["significant"] else "")
+            ci, p = f"[{format_score(t['lo'], True)}, {format_score(t['hi'], True)}]", format_p(t["wilcoxon_p"])
         else:
             delta, ci, p = "-", "", ""
         fl = c.get("final_losses") or {}
         loss = f"{fl['contrastive']:.3f} / {fl.get('generative', 0.0):.3f}" if "contrastive" in fl else "-"
         same = f" (= `{c['same_as']}`)" if c.get("same_as") else ""
         lines.append(f"| `{c['cell']}`{same} | " + " | ".join(_yaml_value(c["settings"][a]) for a in axes)
-                     + f" | {_f(c['overall'])} | " + "".join(f"{_f(c['modalities'].get(m))} | " for m in mods)
+                     + f" | {format_score(c['overall'])} | " + "".join(f"{format_score(c['modalities'].get(m))} | " for m in mods)
                      + f"{delta} | {ci} | {p} | {loss} | {c['train_s']:.1f} |")
     names = list(dict.fromkeys(n for c in cells for n in c["datasets"]))
     lines += ["", "Per-dataset scores (Δ vs reference, `*`: paired bootstrap CI excludes 0):", "",
@@ -321,8 +312,8 @@ def ablation_markdown(res: dict[str, Any]) -> str:
         for c in cells:
             s = c["datasets"].get(n)
             d = tests.get(c["cell"], {}).get("datasets", {}).get(n)
-            extra = f" ({_f(d['delta'], True)}{'*' if d['significant'] else ''})" if d else ""
-            row.append(_f(s) + extra)
+            extra = f" ({format_score(d['delta'], True)}{'*' if d['significant'] else ''})" if d else ""
+            row.append(format_score(s) + extra)
         lines.append(f"| {n} | " + " | ".join(row) + " |")
     lines += ["", "Paired-test reports: `compare/<cell>/compare.md`."]
     return "\n".join(lines) + "\n"
@@ -363,46 +354,3 @@ def ablation_plot(res: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     fig.savefig(path, dpi=110)
     return path
-
-
-# ---------------------------------------------------------------- CLI
-
-
-def add_ablate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML TrainConfig shared by every cell: a file, or a preset name shipped with "
-                                  "btoks (mini-quick, mini-full)")
-    p.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
-                   help='axes of the grid, dotted TrainConfig keys with comma-separated values, e.g. '
-                        '"btoks.num_btoks=0,1,4 btoks.gen_weight=0,5" (cartesian product; K=0 is last-token '
-                        "pooling; mask on/off: btoks.kv_mode=compressed,full; pooling: btoks.pooling=...)")
-    p.add_argument("--eval-data", required=True,
-                   help="evaluation data folder (a mini-MMEB folder or MMEB-V2 layout, as for btoks eval)")
-    p.add_argument("--datasets", nargs="+", default=None, metavar="NAME",
-                   help="evaluate only these datasets (default: all found in --eval-data)")
-    p.add_argument("--out", default="runs/ablate", help="output folder, one subfolder per cell (default runs/ablate)")
-    p.add_argument("--reference", default=None, metavar="CELL",
-                   help="cell the others are tested against: its name (num_btoks=4__gen_weight=5) or settings "
-                        "(num_btoks=4,gen_weight=5); default: the first cell")
-    p.add_argument("--set", dest="common", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="overrides applied to every cell, e.g. max_steps=200 (keeps the grid matched)")
-    p.add_argument("--batch-size", type=int, default=16, help="evaluation batch size (default 16)")
-    p.add_argument("--resamples", type=int, default=2000, help="paired bootstrap resamples (default 2000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument("--dry-run", action="store_true", help="list the cells and their overrides, then exit")
-
-
-def run_ablate(args: argparse.Namespace) -> int:
-    if args.dry_run:
-        cells = make_cells(parse_grid(args.grid))
-        ref = find_cell(cells, args.reference)
-        for c in cells:
-            print(f"{c.name}{'  (reference)' if c is ref else ''}: {' '.join([*args.common, *c.overrides])}")
-        return 0
-    res = ablate(args.config, args.grid, args.eval_data, args.out, datasets=args.datasets,
-                 reference=args.reference, common=args.common, batch_size=args.batch_size,
-                 n_resamples=args.resamples, seed=args.seed)
-    for name, t in res["tests"].items():
-        if "delta" in t:
-            print(f"{name} vs {res['reference']}: Δ Overall {t['delta']:+.2f} [{t['lo']:+.2f}, {t['hi']:+.2f}], "
-                  f"Wilcoxon p={_p(t['wilcoxon_p'])}")
-    return 0

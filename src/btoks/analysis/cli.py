@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from btoks.cli import positive_int
+
 MODEL_HELP = ("a saved BToks model folder (BToksModel.save_pretrained, or a training run folder with model/), "
               "or a backbone to wrap with fresh BToks: hub name / path, btoks-mini, tiny:qwen2_vl, tiny:llama")
 
@@ -45,7 +47,7 @@ def add_analyze_args(p: argparse.ArgumentParser) -> None:
     _common_model_args(a)
     _data_args(a, required=True, limit=8)
     a.add_argument("--out", default="runs/analysis/attention", help="output folder (default runs/analysis/attention)")
-    a.add_argument("--batch-size", type=int, default=4, help="samples per forward pass (default 4)")
+    a.add_argument("--batch-size", type=positive_int, default=4, help="samples per forward pass (default 4)")
     a.add_argument("--layers", type=int, nargs="+", default=None, metavar="L",
                    help="write the per-layer heatmap only for these layers (default: every layer)")
 
@@ -88,7 +90,7 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", action="append", default=[], metavar="PATH",
                    help="image file for the input (repeat for several; placed before the text without <image>)")
     p.add_argument("--instruction", default="", help="instruction prepended to the input text (VLM2Vec style)")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate at most (default 32)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=32, help="tokens to generate at most (default 32)")
     p.add_argument("--kv-mode", choices=["compressed", "full"], default="compressed",
                    help="compressed: BTok-only cache (what the bottleneck kept, default); full: the whole input "
                         "cache (control)")
@@ -133,4 +135,47 @@ def run_decode(args: argparse.Namespace) -> int:
         Path(args.out).write_text(json.dumps({"model": str(args.model), "kv_mode": args.kv_mode,
                                               "max_new_tokens": args.max_new_tokens, "samples": records},
                                              indent=1), encoding="utf-8")
+    return 0
+
+
+def add_ablate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML TrainConfig shared by every cell: a file, or a preset name shipped with "
+                                  "btoks (mini-quick, mini-full)")
+    p.add_argument("--grid", nargs="+", required=True, metavar="KEY=V1,V2",
+                   help='axes of the grid, dotted TrainConfig keys with comma-separated values, e.g. '
+                        '"btoks.num_btoks=0,1,4 btoks.gen_weight=0,5" (cartesian product; K=0 is last-token '
+                        "pooling; mask on/off: btoks.kv_mode=compressed,full; pooling: btoks.pooling=...)")
+    p.add_argument("--eval-data", required=True,
+                   help="evaluation data folder (a mini-MMEB folder or MMEB-V2 layout, as for btoks eval)")
+    p.add_argument("--datasets", nargs="+", default=None, metavar="NAME",
+                   help="evaluate only these datasets (default: all found in --eval-data)")
+    p.add_argument("--out", default="runs/ablate", help="output folder, one subfolder per cell (default runs/ablate)")
+    p.add_argument("--reference", default=None, metavar="CELL",
+                   help="cell the others are tested against: its name (num_btoks=4__gen_weight=5) or settings "
+                        "(num_btoks=4,gen_weight=5); default: the first cell")
+    p.add_argument("--set", dest="common", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="overrides applied to every cell, e.g. max_steps=200 (keeps the grid matched)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="evaluation batch size (default 16)")
+    p.add_argument("--resamples", type=positive_int, default=2000, help="paired bootstrap resamples (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and their overrides, then exit")
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    from btoks.analysis.ablate import ablate, find_cell, make_cells, parse_grid
+    from btoks.eval.compare import format_p
+
+    if args.dry_run:
+        cells = make_cells(parse_grid(args.grid))
+        ref = find_cell(cells, args.reference)
+        for c in cells:
+            print(f"{c.name}{'  (reference)' if c is ref else ''}: {' '.join([*args.common, *c.overrides])}")
+        return 0
+    res = ablate(args.config, args.grid, args.eval_data, args.out, datasets=args.datasets,
+                 reference=args.reference, common=args.common, batch_size=args.batch_size,
+                 n_resamples=args.resamples, seed=args.seed)
+    for name, t in res["tests"].items():
+        if "delta" in t:
+            print(f"{name} vs {res['reference']}: Δ Overall {t['delta']:+.2f} [{t['lo']:+.2f}, {t['hi']:+.2f}], "
+                  f"Wilcoxon p={format_p(t['wilcoxon_p'])}")
     return 0

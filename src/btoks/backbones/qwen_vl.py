@@ -108,6 +108,23 @@ class QwenVLBackbone(Backbone):
     def base_model(self) -> Any:
         return self.model.model
 
+    def precompute_media(self, media: dict[str, Any]) -> dict[str, Any]:
+        """Vision-tower outputs as ``mm_encoder_outputs`` (what HF's Qwen-VL forward accepts instead of pixels;
+        Qwen3-VL's deepstack features ride along), when the tower is frozen."""
+        base = self.model.model
+        pixel_keys = {"pixel_values": ("image", "image_grid_thw", base.get_image_features),
+                      "pixel_values_videos": ("video", "video_grid_thw", base.get_video_features)}
+        if not any(k in media for k in pixel_keys) or any(p.requires_grad for p in base.visual.parameters()):
+            return media
+        out = {k: v for k, v in media.items() if k not in pixel_keys}
+        encoded = dict(out.get("mm_encoder_outputs") or {})
+        with torch.no_grad():
+            for key, (kind, grid, encode) in pixel_keys.items():
+                if key in media:
+                    encoded[kind] = encode(media[key], media[grid], return_dict=True)
+        out["mm_encoder_outputs"] = encoded
+        return out
+
     def _patchify(self, images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.image_processor(images=images, return_tensors="pt")
         return out["pixel_values"], out["image_grid_thw"]

@@ -96,14 +96,22 @@ def natural_key(name: str) -> list[Any]:
     return [int(tok) if tok.isdigit() else tok.lower() for tok in re.split(r"(\d+)", name)]
 
 
-def uniform_indices(total: int, n: int) -> list[int]:
-    """``n`` indices spread uniformly over ``range(total)`` (segment centres).
+FRAME_SAMPLING = ("uniform", "linspace")
+
+
+def uniform_indices(total: int, n: int, mode: str = "uniform") -> list[int]:
+    """``n`` indices spread over ``range(total)``: segment centres (``uniform``), or first to last frame
+    inclusive (``linspace``, how the MMEB-V2 reference harness picks frames from a frame folder).
 
     When ``total < n`` indices repeat, so every video yields exactly ``n`` frames: backbones that group frames
     in temporal patches (Qwen-VL uses pairs) and batching both prefer a fixed count.
     """
     if total <= 0 or n <= 0:
         return []
+    if mode == "linspace" and total >= n:
+        return np.linspace(0, total - 1, n).astype(int).tolist()
+    if mode not in FRAME_SAMPLING:
+        raise ValueError(f"frame sampling must be one of {FRAME_SAMPLING}, not {mode!r}")
     return [min(total - 1, int(x)) for x in (np.arange(n) + 0.5) * total / n]
 
 
@@ -253,16 +261,18 @@ def load_video(
     num_frames: int = DEFAULT_NUM_FRAMES,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     decode_pixels: int | None = None,
+    sampling: str = "uniform",
 ) -> list[Image.Image]:
-    """``num_frames`` RGB frames sampled uniformly from a frame folder or a video file (PyAV), each shrunk to
-    the ``decode_pixels`` budget while decoding (see :func:`load_image`)."""
+    """``num_frames`` RGB frames sampled from a frame folder (``sampling``: see :func:`uniform_indices`) or a
+    video file (PyAV, uniform), each shrunk to the ``decode_pixels`` budget while decoding (see
+    :func:`load_image`)."""
     full = resolve_path(path, root)
     if full.is_dir():
         frames = list_frame_files(full)
         if not frames:
             raise MediaError(f"{full}: frame folder has no image files", path=full, reason=UNREADABLE_VIDEO)
         return [load_image(frames[i].name, full, max_pixels=max_pixels, decode_pixels=decode_pixels)
-                for i in uniform_indices(len(frames), num_frames)]
+                for i in uniform_indices(len(frames), num_frames, sampling)]
     if not full.exists():
         raise MediaError(f"{full}: video not found", path=full, reason=MISSING)
     return _decode_video_file(full, num_frames, max_pixels, decode_pixels)
@@ -431,6 +441,8 @@ class MediaConfig:
     pdf_scale: float = 1.0
     decode_pixels: int | None = DEFAULT_DECODE_PIXELS
     """Images and frames larger than this are shrunk while decoding (set it to the model's image budget)."""
+    frame_sampling: str = "uniform"
+    """Which frames of a frame folder: ``uniform`` (segment centres) or ``linspace`` (the reference's)."""
 
     def image(self, src: ImageSource) -> Image.Image:
         return load_image(src, self.root, max_pixels=self.max_pixels, pdf_scale=self.pdf_scale,
@@ -438,7 +450,7 @@ class MediaConfig:
 
     def video(self, path: str | Path) -> list[Image.Image]:
         return load_video(path, self.root, num_frames=self.num_frames, max_pixels=self.max_pixels,
-                          decode_pixels=self.decode_pixels)
+                          decode_pixels=self.decode_pixels, sampling=self.frame_sampling)
 
     def check_image(self, src: ImageSource, level: str = "header") -> None:
         """Validate without keeping pixels: ``exists`` (stat), ``header`` (size/format), ``full`` (decode)."""

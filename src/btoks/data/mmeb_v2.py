@@ -351,7 +351,7 @@ def read_dataset(spec: Any, data_root: str | Path, *, media_root: str | Path | N
                            query_instruction=spec.query_instruction, target_instruction=spec.target_instruction,
                            language=spec.language, on_error=on_error, check=check, limit=limit,
                            progress=progress)
-    mconf = replace(media or MediaConfig(), root=mdir)
+    mconf = replace(media or MediaConfig(), root=mdir, frame_sampling="linspace")  # the reference's frames
     interner, log = _Interner(mconf, check), SkipLog(spec.name)
     make = _moment if spec.family == "moment_retrieval" else _FAMILIES[spec.family]
     parse_row = make(spec, mconf) if spec.family == "moment_retrieval" else make(spec)

@@ -10,7 +10,6 @@ bootstrap). Only datasets present in both runs are compared; the rest are listed
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import warnings
@@ -161,13 +160,15 @@ def compare_results(a: Mapping[str, DatasetResult], b: Mapping[str, DatasetResul
     }
 
 
-def _f(x: float | None, signed: bool = False) -> str:
+def format_score(x: float | None, signed: bool = False) -> str:
+    """Two decimals (signed for deltas); ``-`` for a missing value."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "-"
     return f"{x:+.2f}" if signed else f"{x:.2f}"
 
 
-def _p(x: float | None) -> str:
+def format_p(x: float | None) -> str:
+    """A p-value to three decimals (``<0.001`` below that)."""
     return "-" if x is None else (f"{x:.3f}" if x >= 0.001 else "<0.001")
 
 
@@ -187,8 +188,8 @@ def compare_markdown(res: Mapping[str, Any]) -> str:
         if g is None:
             return
         star = "*" if g["significant"] else ""
-        lines.append(f"| {name} | {g['n']} | {_f(g['score_a'])} | {_f(g['score_b'])} | {_f(g['delta'], True)}{star} | "
-                     f"[{_f(g['lo'], True)}, {_f(g['hi'], True)}] | {_p(g['wilcoxon']['p_value'])} |")
+        lines.append(f"| {name} | {g['n']} | {format_score(g['score_a'])} | {format_score(g['score_b'])} | {format_score(g['delta'], True)}{star} | "
+                     f"[{format_score(g['lo'], True)}, {format_score(g['hi'], True)}] | {format_p(g['wilcoxon']['p_value'])} |")
 
     row("**Overall**", res["overall"])
     for m, g in res["modalities"].items():
@@ -199,9 +200,9 @@ def compare_markdown(res: Mapping[str, Any]) -> str:
               "|---|---|---|---:|---:|---:|---|---:|---:|"]
     for n, d in res["datasets"].items():
         star = "*" if d["significant"] else ""
-        ci_txt = f"[{_f(d['lo'], True)}, {_f(d['hi'], True)}]" if d["paired"] else f"unpaired: {d['note']}"
-        lines.append(f"| {n} | {d['modality']}/{d['meta_task']} | {d['metric']} | {_f(d['score_a'])} | "
-                     f"{_f(d['score_b'])} | {_f(d['delta'], True)}{star} | {ci_txt} | {_p(d['p_value'])} | "
+        ci_txt = f"[{format_score(d['lo'], True)}, {format_score(d['hi'], True)}]" if d["paired"] else f"unpaired: {d['note']}"
+        lines.append(f"| {n} | {d['modality']}/{d['meta_task']} | {d['metric']} | {format_score(d['score_a'])} | "
+                     f"{format_score(d['score_b'])} | {format_score(d['delta'], True)}{star} | {ci_txt} | {format_p(d['p_value'])} | "
                      f"{d['n_queries']} |")
     return "\n".join(lines) + "\n"
 
@@ -245,6 +246,9 @@ def compare(run_a: str | Path, run_b: str | Path, out: str | Path | None = None,
     a, b = load_run(run_a), load_run(run_b)
     if not a or not b:
         raise ValueError(f"nothing to compare: {len(a)} result(s) in {run_a}, {len(b)} in {run_b}")
+    if not set(a) & set(b):
+        raise ValueError(f"nothing to compare: no dataset in common ({run_a}: {', '.join(sorted(a))}; "
+                         f"{run_b}: {', '.join(sorted(b))})")
     labels = labels or (run_a.name, run_b.name)
     res = compare_results(a, b, n_resamples=n_resamples, seed=seed, ci=ci, labels=labels, progress=progress)
     out = Path(out) if out is not None else run_b / f"compare_vs_{run_a.name}"
@@ -254,27 +258,3 @@ def compare(run_a: str | Path, run_b: str | Path, out: str | Path | None = None,
     compare_plot(res, out / "compare.png")
     res["out"] = str(out)
     return res
-
-
-def add_compare_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Options of ``btoks compare`` (mountable as a sub-command)."""
-    parser.add_argument("run_a", help="baseline run directory (per-dataset result JSON files)")
-    parser.add_argument("run_b", help="run directory compared against the baseline; deltas are B - A")
-    parser.add_argument("--out", default=None,
-                        help="output folder for compare.md/.json/.png (default: RUN_B/compare_vs_<RUN_A name>)")
-    parser.add_argument("--resamples", type=int, default=2000, help="paired bootstrap resamples per dataset")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (results are reproducible given it)")
-    parser.add_argument("--ci", type=float, default=0.95, help="confidence level of the bootstrap intervals")
-    parser.add_argument("--labels", nargs=2, metavar=("A", "B"), default=None,
-                        help="names shown for the two runs (default: the folder names)")
-    return parser
-
-
-def run_compare(args: argparse.Namespace) -> int:
-    res = compare(args.run_a, args.run_b, args.out, n_resamples=args.resamples, seed=args.seed, ci=args.ci,
-                  labels=tuple(args.labels) if args.labels else None)
-    ov = res["overall"]
-    if ov is not None:
-        print(f"Overall delta {ov['delta']:+.2f} [{ov['lo']:+.2f}, {ov['hi']:+.2f}] over {ov['n']} datasets; "
-              f"Wilcoxon p={_p(ov['wilcoxon']['p_value'])} -> {res['out']}/compare.md")
-    return 0

@@ -195,8 +195,13 @@ def _image_spec(name: str, meta: str, q: str, t: str, side: str, family: str) ->
 
 def _frames(task: str, *names: str) -> tuple[str, ...]:
     """Frame folders as the MMEB-V2 archives unpack (``video-tasks/frames/<task>/<name>``), then the flat
-    ``video-tasks/frames/<name>`` some copies use."""
-    return (*(f"video-tasks/frames/{task}/{n}" for n in names), *(f"video-tasks/frames/{n}" for n in names))
+    ``video-tasks/frames/<name>`` some copies use; retrieval sets also where the video_ret archive's own
+    internal path puts them (``data/ziyan/video_retrieval/<name>/frames``, as the authors' converter reads)."""
+    out = [*(f"video-tasks/frames/{task}/{n}" for n in names), *(f"video-tasks/frames/{n}" for n in names)]
+    if task == "video_ret":
+        out += [f"video-tasks/frames/{pre}data/ziyan/video_retrieval/{n}/frames" for pre in ("video_ret/", "")
+                for n in names]
+    return tuple(out)
 
 
 # (name, meta_task, family, ranking, query_instruction, target_instruction, ntp_side, folders, split, hf,

@@ -24,7 +24,6 @@ Per-dataset JSON (``schema = "btoks.eval.dataset/v1"``)::
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -255,18 +254,3 @@ def write_summary(run_dir: str | Path, out_dir: str | Path | None = None, *, tit
     (out / "summary.md").write_text(summary_markdown(summary, title), encoding="utf-8")
     summary_plot(summary, out / "summary.png", title)
     return summary
-
-
-def add_report_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Options of ``btoks report`` (mountable as a sub-command)."""
-    parser.add_argument("run_dir", help="run directory holding one <dataset>.json result file per dataset")
-    parser.add_argument("--out", default=None, help="where to write summary.md/.json/.png (default: run_dir)")
-    parser.add_argument("--title", default=None, help="title of the Markdown report and the chart")
-    return parser
-
-
-def run_report(args: argparse.Namespace) -> int:
-    summary = write_summary(args.run_dir, args.out, title=args.title)
-    print(f"Overall {_fmt(summary['overall'])} over {summary['n_datasets']} datasets -> "
-          f"{Path(args.out or args.run_dir) / 'summary.md'}")
-    return 0

@@ -27,6 +27,7 @@ from btoks.data.mmeb_v2 import locate, read_dataset
 from btoks.data.readers import TABLE_EXTENSIONS, EvalGlobal, EvalLocal, LazySamples
 from btoks.encode import encode
 from btoks.eval import registry
+from btoks.eval.distributed import Dist, from_env
 from btoks.eval.metrics import TIE_POLICY, global_metrics, local_metrics
 from btoks.eval.registry import DatasetSpec
 from btoks.eval.report import SCHEMA, DatasetResult, result_filename, save_result, write_summary
@@ -142,16 +143,18 @@ class _LazyModel:
 
 
 def encode_samples(model: _LazyModel, samples: LazySamples, *, batch_size: int, on_error: OnError,
-                   progress: bool, desc: str) -> tuple[np.ndarray, dict[int, InputError]]:
+                   progress: bool, desc: str, dist: Dist | None = None) -> tuple[np.ndarray, dict[int, InputError]]:
     """Embed lazily-decoded samples chunk by chunk (bounded memory). Samples that fail to decode are raised
-    (naming dataset/row/file) or, with ``on_error="skip"``, returned in ``failed`` with a zero row."""
-    n = len(samples)
+    (naming dataset/row/file) or, with ``on_error="skip"``, returned in ``failed`` with a zero row. Under
+    several processes each embeds its shard and all receive the whole result."""
+    dist = dist or Dist()
+    mine = dist.shard(len(samples))
     chunk = max(batch_size * 8, 64)
     parts: list[np.ndarray] = []
     failed: dict[int, InputError] = {}
-    with tqdm(total=n, desc=desc, unit="sample", disable=not progress, leave=False) as bar:
-        for start in range(0, n, chunk):
-            idx = range(start, min(n, start + chunk))
+    with tqdm(total=len(mine), desc=desc, unit="sample", disable=not progress or not dist.main, leave=False) as bar:
+        for start in range(mine.start, mine.stop, chunk):
+            idx = range(start, min(mine.stop, start + chunk))
             loaded, ok = [], []
             for i in idx:
                 try:
@@ -161,14 +164,17 @@ def encode_samples(model: _LazyModel, samples: LazySamples, *, batch_size: int, 
                     if on_error == "raise":
                         raise
                     failed[i] = e
-            block: np.ndarray | None = None
+            block = np.zeros((len(idx), 0), dtype=np.float32)
             if loaded:
                 emb = np.asarray(encode(model.get(), loaded, batch_size=batch_size, show_progress_bar=False,
                                         convert_to="numpy"), dtype=np.float32)
                 block = np.zeros((len(idx), emb.shape[1]), dtype=np.float32)
                 block[ok] = emb
-            parts.append(block if block is not None else np.zeros((len(idx), 0), dtype=np.float32))
+            parts.append(block)
             bar.update(len(idx))
+    gathered = dist.gather((parts, failed))
+    parts = [p for ps, _ in gathered for p in ps]
+    failed = {i: e for _, f in gathered for i, e in f.items()}
     dim = max((p.shape[1] for p in parts), default=0)
     out = np.concatenate([p if p.shape[1] == dim else np.zeros((len(p), dim), np.float32) for p in parts]) \
         if parts else np.zeros((0, 0), np.float32)
@@ -217,7 +223,7 @@ class EmbeddingCache:
 
 
 def _embed_side(name: str, side: str, samples: LazySamples, cache: EmbeddingCache, model: _LazyModel,
-                batch_size: int, on_error: OnError, progress: bool, stats: Counter,
+                batch_size: int, on_error: OnError, progress: bool, stats: Counter, dist: Dist,
                 ) -> tuple[np.ndarray, dict[int, str]]:
     """Embeddings of one side and ``{index: skip reason}`` of samples that failed to decode."""
     content = _content_hash(samples)
@@ -226,16 +232,17 @@ def _embed_side(name: str, side: str, samples: LazySamples, cache: EmbeddingCach
         stats["cached"] += len(samples)
         return hit[0], {i: "cached_failure" for i in hit[1]}
     emb, failed = encode_samples(model, samples, batch_size=batch_size, on_error=on_error, progress=progress,
-                                 desc=f"{name} {side}")
+                                 desc=f"{name} {side}", dist=dist)
     stats["encoded"] += len(samples)
-    cache.put(side, content, emb, list(failed))
+    if dist.main:
+        cache.put(side, content, emb, list(failed))
     return emb, {i: e.reason for i, e in failed.items()}
 
 
 def evaluate_dataset(spec: DatasetSpec, data_dir: str | Path, model: _LazyModel, *, out_dir: Path,
                      fingerprint: str, batch_size: int = 16, on_error: OnError = "raise", use_cache: bool = True,
                      progress: bool = True, media_root: str | Path | None = None, tie_policy: str = TIE_POLICY,
-                     ) -> tuple[DatasetResult, Counter]:
+                     dist: Dist | None = None) -> tuple[DatasetResult, Counter]:
     """Read, embed (or load cached embeddings), rank as the registry says (local/global), score."""
     t0 = time.perf_counter()
     stats: Counter = Counter()
@@ -244,7 +251,7 @@ def evaluate_dataset(spec: DatasetSpec, data_dir: str | Path, model: _LazyModel,
         data = data.to_global()
     skipped = Counter(data.skipped.as_dict())
     cache = EmbeddingCache(out_dir / "cache" / f"{result_filename(spec.name)[:-5]}.npz", fingerprint, use_cache)
-    side_args = (cache, model, batch_size, on_error, progress, stats)
+    side_args = (cache, model, batch_size, on_error, progress, stats, dist or Dist())
     if isinstance(data, EvalLocal):
         uniq, per_row, _ = data.dedup_candidates()
         q, qbad = _embed_side(spec.name, "queries", data.queries, *side_args)
@@ -332,33 +339,43 @@ def evaluate(
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    dist = from_env()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     specs = discover(data_dir, datasets)
+    if device is None and dist.world > 1:
+        import torch
+
+        device = f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"
     model = _LazyModel(model_or_path, device)
     mfp = model_fingerprint(model_or_path)
     settings = {"on_error": on_error, "check": _CHECK, "cache_version": CACHE_VERSION, "tie_policy": tie_policy,
                 "media_root": None if media_root is None else str(Path(media_root).resolve())}
-    (out / "run.json").write_text(json.dumps({"model": mfp, "data_dir": str(Path(data_dir).resolve()),
-                                              "datasets": [s.name for s in specs], "settings": settings},
-                                             indent=1), encoding="utf-8")
+    log = log if dist.main else None
+    if dist.main:
+        (out / "run.json").write_text(json.dumps({"model": mfp, "data_dir": str(Path(data_dir).resolve()),
+                                                  "datasets": [s.name for s in specs], "settings": settings,
+                                                  "processes": dist.world}, indent=1), encoding="utf-8")
     for k, spec in enumerate(specs, 1):
         fp = _sha({"model": mfp, "data": dataset_fingerprint(spec, data_dir), "settings": settings})
         path = out / result_filename(spec.name)
-        if resume and _existing_fingerprint(path) == fp:
+        if dist.broadcast(resume and _existing_fingerprint(path) == fp):  # process 0 decides for all
             if log:
                 log(f"[{k}/{len(specs)}] {spec.name}: done already, skipped")
             continue
         result, stats = evaluate_dataset(spec, data_dir, model, out_dir=out, fingerprint=fp, batch_size=batch_size,
                                          on_error=on_error, use_cache=use_cache, progress=progress,
-                                         media_root=media_root, tie_policy=tie_policy)
-        save_result(out, result)
+                                         media_root=media_root, tie_policy=tie_policy, dist=dist)
+        if dist.main:
+            save_result(out, result)
+        dist.barrier()
         if log:
             sk = f", skipped {result.n_skipped}" if result.n_skipped else ""
             src = "cached" if not stats["encoded"] else f"encoded {stats['encoded']}"
             log(f"[{k}/{len(specs)}] {spec.name}: {result.metric} {result.score:.2f} "
                 f"({result.n_queries} queries{sk}; {src}; {result.wall_time_s:.1f}s)")
-    return write_summary(out)
+    summary = write_summary(out) if dist.main else None
+    return dist.broadcast(summary)
 
 
 __all__ = ["EmbeddingCache", "dataset_fingerprint", "discover", "encode_samples", "evaluate", "evaluate_dataset",

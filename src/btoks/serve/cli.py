@@ -14,14 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from btoks.cli import positive_int
+
 API_KEY_ENV = "BTOKS_API_KEY"
-
-
-def _positive_int(value: str) -> int:
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return n
 
 
 def _load_model(path: str, device: str | None) -> Any:
@@ -56,11 +51,11 @@ def add_index_args(p: argparse.ArgumentParser) -> None:
         help="auto (default): exact below 100k vectors, HNSW above; flat: exact; hnsw / ivf: approximate "
         "(recall@10 is estimated on a sample at build time and printed)",
     )
-    p.add_argument("--batch-size", type=_positive_int, default=16, help="inputs per model batch (default 16)")
-    p.add_argument("--frames", type=_positive_int, default=8, help="frames sampled per video (default 8)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="inputs per model batch (default 16)")
+    p.add_argument("--frames", type=positive_int, default=8, help="frames sampled per video (default 8)")
     p.add_argument(
         "--chunk-chars",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="split text files into chunks of at most this many characters (default: one entry per file)",
     )
@@ -72,7 +67,7 @@ def add_index_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-pixels",
-        type=_positive_int,
+        type=positive_int,
         default=64_000_000,
         help="refuse images larger than this many pixels (decompression-bomb guard)",
     )
@@ -82,22 +77,22 @@ def add_index_args(p: argparse.ArgumentParser) -> None:
         help="instruction prepended to every document (default: none, "
         "or the model's config.extra.document_instruction)",
     )
-    p.add_argument("--hnsw-m", type=_positive_int, default=32, help="HNSW graph degree (hnsw only)")
+    p.add_argument("--hnsw-m", type=positive_int, default=32, help="HNSW graph degree (hnsw only)")
     p.add_argument(
         "--ef-construction",
-        type=_positive_int,
+        type=positive_int,
         default=None,
-        help="HNSW build-time candidate list (default 200; higher: better graph, slower build)",
+        help="HNSW build-time candidate list (default 80; higher: better graph, slower build)",
     )
     p.add_argument(
         "--ef-search",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="HNSW search-time candidate list, stored with the index (default 128; higher: better recall)",
     )
     p.add_argument(
         "--ivf-nlist",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="IVF list count (ivf only; default min(4*sqrt(n), n/39))",
     )
@@ -164,7 +159,7 @@ def add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--image", default=None, help="query image file (combined with the text when both are given)"
     )
-    p.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10)")
+    p.add_argument("-k", type=positive_int, default=10, help="number of results (default 10)")
     p.add_argument(
         "--model", default=None, help="model folder (default: the one recorded in the index header)"
     )
@@ -193,11 +188,11 @@ def run_search(args: argparse.Namespace) -> int:
     from btoks.serve.index import Index
 
     if not args.query and not args.image:
-        raise SystemExit("error: give a query text, --image, or both")
+        raise ValueError("give a query text, --image, or both")
     index = Index.load(args.index)
     model_path = args.model or index.header.get("model")
     if not model_path:
-        raise SystemExit("error: the index does not record its model; pass --model MODEL")
+        raise ValueError("the index does not record its model; pass --model MODEL")
     model = _load_model(model_path, args.device)
     image = Path(args.image) if args.image else None
     hits = index.search(model, args.query, image, k=args.k, instruction=args.instruction)
@@ -239,13 +234,13 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MiB (default 16)")
     p.add_argument(
         "--max-image-pixels",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_MAX_IMAGE_PIXELS,
         help=f"largest image accepted, width*height (default {DEFAULT_MAX_IMAGE_PIXELS:,})",
     )
     p.add_argument(
         "--max-batch",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_MAX_BATCH,
         help=f"inputs per model batch when grouping concurrent requests (default {DEFAULT_MAX_BATCH})",
     )
@@ -257,19 +252,19 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-inputs",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_MAX_INPUTS,
         help=f"most inputs in one /v1/embeddings request (default {DEFAULT_MAX_INPUTS})",
     )
     p.add_argument(
         "--max-images",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_MAX_IMAGES,
         help=f"most images in one request (default {DEFAULT_MAX_IMAGES}; more: 413)",
     )
     p.add_argument(
         "--max-images-in-flight",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_MAX_IMAGES_IN_FLIGHT,
         help="decoded images the whole server holds at once; further requests wait, then get 503 "
         f"(default {DEFAULT_MAX_IMAGES_IN_FLIGHT})",

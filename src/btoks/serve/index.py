@@ -65,7 +65,7 @@ class IndexParams:
 
     index_type: str = "flat"
     hnsw_m: int = 32
-    ef_construction: int = 200
+    ef_construction: int = 80
     ef_search: int = 128
     nlist: int | None = None
     """IVF lists; ``None``: ``min(4·√n, n/39)`` (FAISS wants ≥ 39 training points per list)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -157,13 +157,15 @@ def _gen_scale(model: BToksModel, batch: PreparedBatch) -> Callable[[EncodeOutpu
 def compute_gradients(model: BToksModel, batch: PreparedBatch, gen_weight: float,
                       backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
                       temperature: float | None = None, symmetric: bool | None = None,
-                      forward: Forward | None = None,
+                      reuse_media: bool = True, forward: Forward | None = None,
                       no_sync: Callable[[], AbstractContextManager[None]] | None = None) -> StepLosses:
     """Accumulate ∇(L_con + λ·L_gen) into ``.grad``; uses GradCache when any side has several chunks.
 
     ``forward`` runs chunks with a graph (default: ``model`` itself; the trainer passes its DDP-wrapped
     ``ChunkRunner``); ``no_sync`` suspends gradient synchronisation for every GradCache backward but the last.
     Returned losses are the global contrastive loss and this rank's generative loss.
+    With ``reuse_media`` GradCache's pass 1 keeps a frozen vision tower's outputs for pass 2 instead of running
+    the tower twice (``Backbone.precompute_media``; same gradients, ~30 % fewer FLOPs at Qwen2-VL-2B's shape).
     """
     cfg = model.config
     temperature = temperature or cfg.temperature
@@ -189,18 +191,24 @@ def compute_gradients(model: BToksModel, batch: PreparedBatch, gen_weight: float
         return StepLosses(con_v + gen_weight * gen_v, con_v, gen_v)
 
     states: dict[str, list[RandState]] = {}
+    pass2: dict[str, list[ModelInputs]] = {side: [] for side in batch.chunks}
     cached: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for side, cs in batch.chunks.items():
             states[side], parts = [], []
             for c in cs:
+                inputs = c.inputs
+                if reuse_media:  # pass 2 sees the same features; the caller's batch is left as it was
+                    inputs = replace(inputs, media=model.backbone.precompute_media(inputs.media))
+                pass2[side].append(inputs)
                 states[side].append(RandState())
-                parts.append(model(c.inputs).embeddings)
+                parts.append(model(inputs).embeddings)
             cached[side] = torch.cat(parts).requires_grad_()
     con = contrastive(cached)
     grads = dict(zip(cached, torch.autograd.grad(con * world, list(cached.values())), strict=True))
     gen_total = 0.0
-    work = [(side, c, state) for side, cs in batch.chunks.items() for c, state in zip(cs, states[side], strict=True)]
+    work = [(side, Chunk(inputs, c.targets), state) for side, cs in batch.chunks.items()
+            for c, inputs, state in zip(cs, pass2[side], states[side], strict=True)]
     offsets = dict.fromkeys(batch.chunks, 0)
     for i, (side, c, state) in enumerate(work):
         state.restore()
