@@ -167,3 +167,36 @@ def test_authors_checkpoint_errors_are_clear(tmp_path):
         {"auto_mapping": {"parent_library": "vlm2emb.model"}, "base_model_name_or_path": "/gone/base_model"}))
     with pytest.raises(FileNotFoundError, match="no base_model/ folder"):
         BToksModel.from_pretrained(tmp_path)  # newest checkpoint-N found, its base_model/ is missing
+
+
+def test_authors_prompt_rendering_of_mmeb_train_rows():
+    """``prompt_style: authors`` renders MMEB-train sides exactly as their loader (row 9); a negative their
+    loader empties is dropped."""
+    from btoks.data.authors_prompts import render_mmeb_train
+    from btoks.data.readers import _train_row
+
+    renders = meta().get("renders")
+    if not renders:
+        pytest.skip("fixture has no rendering rows")
+    for item in renders:
+        row = render_mmeb_train(item["row"], item["subset"])
+        q, p, n = _train_row(row, 0)
+        theirs = {k: v.replace("<|image_pad|>", "<image>") for k, v in item["text"].items()}
+        assert q.text == theirs["query"], item["subset"]
+        assert p.text == theirs["positive"], item["subset"]
+        assert (n.text if n else "") == theirs["negative"], item["subset"]
+
+
+def test_prompt_style_reaches_the_reader(tmp_path):
+    from btoks.data.readers import read_train
+
+    rows = [{"qry": "<|image_1|> Represent the given image for classification ", "qry_image_path": "x.png",
+             "pos_text": "tench", "neg_text": "goldfish"}]
+    (tmp_path / "ImageNet_1K.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    theirs = read_train(tmp_path / "ImageNet_1K.jsonl", dataset="ImageNet_1K", prompt_style="authors")[0]
+    ours = read_train(tmp_path / "ImageNet_1K.jsonl", dataset="ImageNet_1K")[0]
+    assert theirs.query.text == "<image>\nRepresent the given image for classification\n" and theirs.negative is None
+    assert ours.query.text != theirs.query.text and ours.negative is not None
+    with pytest.raises(ValueError, match="prompt_style"):
+        read_train(tmp_path / "ImageNet_1K.jsonl", prompt_style="fancy")

@@ -66,12 +66,32 @@ TEXT_PAIRS = [
     ("handwritten digit seven\n", None, "seven\n", None, "positive"),
     ("the stock market rose\n", None, "investors welcomed the news\n", None, "positive"),
 ]
-SORT_PAIRS = [  # sorting by query length regroups the chunks of 2: {0, 1}, {2, 3} → {1, 3}, {2, 0}
+SORT_PAIRS = [  # sorting by query length regroups the chunks of 2: {0, 1}, {2, 3} → {1, 3}, {2, 0}; GIC
+    # targets of unequal length make the per-chunk token means differ
     ("the stock market rose as investors welcomed the news from the central bank on Tuesday\n", None,
-     "investors\n", None, "positive"),
+     "investors welcomed the news from the central bank\n", None, "positive"),
     ("a cat\n", None, "<image>\nRepresent the given image.\n", "b", "query"),
     ("<image>\nWhat shape?\n", "a", "a red circle\n", None, "positive"),
     ("digit nine\n", None, "nine\n", None, "none"),
+]
+RENDER_ROWS = [  # MMEB-train rows (subset, row) for their text rendering (row 9 of docs/parity.md)
+    ("ImageNet_1K", {"qry": "<|image_1|> Represent the given image for classification  \n\n", "qry_image_path": "a.jpg",
+                     "pos_text": "tench", "pos_image_path": "", "neg_text": "goldfish", "neg_image_path": ""}),
+    ("WebQA", {"qry": "<|image_1|>\nFind a Wikipedia image that answers this question: Who?  ", "qry_image_path": "",
+               "pos_text": "<|image_1|> Represent the given Wikipedia image with related text information: Tom",
+               "pos_image_path": "b.jpg", "neg_text": "x", "neg_image_path": ""}),
+    ("VisDial", {"qry": "Represent the given dialogue about an image, which is used for image retrieval: Q: what? "
+                        "A: yes\n\n\n", "qry_image_path": "", "pos_text": "<|image_1|>Represent the given image.",
+                 "pos_image_path": "c.jpg", "neg_text": " ", "neg_image_path": "d.jpg"}),
+    ("ChartQA", {"qry": "<|image_1|>\r\nRepresent the given image with the following question: How many?",
+                 "qry_image_path": "e.jpg", "pos_text": "42 \t ", "pos_image_path": "", "neg_text": "41  ",
+                 "neg_image_path": ""}),
+    ("CIRR", {"qry": "<|image_1|> Given an image, find a similar everyday image with the described changes: bigger",
+              "qry_image_path": "f.jpg", "pos_text": "<|image_1|>\n\nRepresent the given image.\n",
+              "pos_image_path": "g.jpg", "neg_text": "<|image_1|>", "neg_image_path": "h.jpg"}),
+    ("VisualNews_t2i", {"qry": "Retrieve an image of this news caption. US troops  \n", "qry_image_path": "",
+                        "pos_text": "<|image_1|> Represent the given image.", "pos_image_path": "i.jpg",
+                        "neg_text": "", "neg_image_path": ""}),
 ]
 CASES = {  # name: (pairs, GradCache chunk, LoRA, KV mode)
     "text": (TEXT_PAIRS, 4, False, "compressed"),
@@ -327,12 +347,25 @@ def _adapter_config(path: Path) -> Any:
     return PeftConfig.from_pretrained(str(path))
 
 
+def _renders() -> list[dict[str, Any]]:
+    """Their MMEB-train parser's text per side (``<|image_pad|>`` as their image marker)."""
+    from vlm2emb.data.datasets.mmeb_train import parse_mmeb_train_content
+
+    out = []
+    for subset, row in RENDER_ROWS:
+        parsed = parse_mmeb_train_content(row, subset=subset)
+        out.append({"subset": subset, "row": row,
+                    "text": {side: parsed[side]["text"] for side in ("query", "positive", "negative")}})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--authors-src", required=True, help="the authors' checkout's src/ (has vlm2emb/)")
     parser.add_argument("--out", default=str(ROOT / "tests" / "fixtures" / "parity"))
     parser.add_argument("--cases", nargs="*", default=list(CASES))
     parser.add_argument("--authors-commit", default=None, help="recorded in cases.json")
+    parser.add_argument("--renders-only", action="store_true", help="only update the rendering rows of cases.json")
     a = parser.parse_args()
     sys.meta_path.insert(0, _StubFinder())
     sys.path.insert(0, a.authors_src)
@@ -343,6 +376,11 @@ def main() -> None:
     torch.set_num_threads(1)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.renders_only:
+        meta = json.loads((out / "cases.json").read_text())
+        meta["renders"] = _renders()
+        (out / "cases.json").write_text(json.dumps(meta, indent=1) + "\n")
+        return
     images = _images()
     for key, im in images.items():
         im.save(out / f"image_{key}.png")
@@ -358,7 +396,8 @@ def main() -> None:
             "transformers": transformers.__version__, "torch": torch.__version__,
             "text_config": TEXT, "mrope_section": MROPE_SECTION, "vision_config": VISION,
             "token_ids": _token_ids(tok), "btok_ids": tok.convert_tokens_to_ids([f"<|btok_{i}|>" for i in range(4)]),
-            "gen_weight": GEN_WEIGHT, "temperature": TEMPERATURE, "lora": LORA, "cases": cases, "checkpoints": checkpoints}
+            "gen_weight": GEN_WEIGHT, "temperature": TEMPERATURE, "lora": LORA, "cases": cases, "checkpoints": checkpoints,
+            "renders": _renders()}
     (out / "cases.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(f"wrote {len(cases)} cases to {out}")
 

@@ -42,6 +42,7 @@ class TrainConfig:
     btoks: BToksConfig = field(default_factory=BToksConfig)
     data: list[DataSource] = field(default_factory=list)
     data_root: str | None = None
+    prompt_style: str = "btoks"
     examples: str | None = None
     lora: bool = True
     lora_r: int = 16
@@ -80,6 +81,8 @@ class TrainConfig:
         self.data = [DataSource(**d) if isinstance(d, dict) else d for d in self.data]
         if not self.data and not self.examples and self.data_root:
             self.data = manifest_sources(self.data_root)
+        if self.prompt_style not in ("btoks", "authors"):
+            raise ValueError(f"prompt_style must be btoks or authors, got {self.prompt_style!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if not self.data and not self.examples:
@@ -180,6 +183,7 @@ FIELD_HELP = {
                "kv_mode (compressed|full), gic_impl (cache|mask), max_length, target_max_length",
     "data": "list of {name, path, weight, ntp_side (positive|query|both|none)} MMEB-train sets under data_root; "
             "empty: the `train` sets of data_root/manifest.json (mini-MMEB)",
+    "prompt_style": "btoks: MMEB-train text as published; authors: rendered as the authors' loader does (docs/parity.md)",
     "examples": "built-in example sets instead of data (shapes,text)",
     "lora / lora_r / lora_alpha / lora_dropout / dora": "LoRA(+DoRA) on the LLM projections; false = full FT",
     "lr / weight_decay / warmup_steps / max_steps": "AdamW with linear warmup and decay",

@@ -45,7 +45,7 @@ def load_train_sets(cfg: TrainConfig) -> list[Sequence[TrainPair]]:
         path = Path(cfg.data_root or ".", src.path) if src.path else Path(cfg.data_root or ".", src.name)
         sets.append(read_train(path, dataset=src.name, root=src.image_root or cfg.data_root,
                                media=MediaConfig(num_frames=cfg.video_frames, decode_pixels=cfg.image_max_pixels),
-                               ntp_side=src.ntp_side))
+                               ntp_side=src.ntp_side, prompt_style=cfg.prompt_style))
     return sets
 
 
