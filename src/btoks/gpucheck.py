@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from btoks.backbones.tiny import tiny_tokenizer
 from btoks.config import BToksConfig
 from btoks.model import BToksModel
 from btoks.synthetic import PAPER_PAIRS, TINY_PAIRS, real_shape_backbone, synthetic_pairs
@@ -75,7 +76,7 @@ def attention_kernels() -> list[str]:
 def build_model(s: Settings, attn: str = "sdpa", seed: int = 0) -> BToksModel:
     """Paper recipe: K = 4, GIC cache path, DoRA r16 α32 on the LLM projections, bf16."""
     if s.tiny:
-        from btoks.tiny import tiny_backbone
+        from btoks.backbones.tiny import tiny_backbone
 
         backbone = tiny_backbone("qwen2_vl", seed=seed, attn_implementation=attn)
         backbone.model.to(torch.bfloat16)
@@ -92,7 +93,7 @@ def build_model(s: Settings, attn: str = "sdpa", seed: int = 0) -> BToksModel:
 def pairs_for(s: Settings, n: int, seed: int = 0) -> tuple[list[Any], list[Any]]:
     """A mixed MMEB-like batch: half image queries (answer targets), half image candidates (query targets)."""
     shapes = TINY_PAIRS if s.tiny else PAPER_PAIRS
-    tok = __import__("btoks.tiny", fromlist=["tiny_tokenizer"]).tiny_tokenizer()
+    tok = tiny_tokenizer()
     qa, pa = synthetic_pairs(shapes["image-query"], n - n // 2, tok, seed)
     qb, pb = synthetic_pairs(shapes["image-candidate"], n // 2, tok, seed + 1)
     return qa + qb, pa + pb
@@ -160,7 +161,8 @@ def train_steps(model: BToksModel, s: Settings) -> dict[str, Any]:
     memory = PhaseMemory(s.device)
     times, tokens, losses = [], [], []
     for step in range(s.steps + 1):
-        batch = prepare_batch(model, *pairs_for(s, s.batch, seed=step), chunk_size=s.chunk).to(s.device)
+        batch = prepare_batch(model, *pairs_for(s, s.batch, seed=step), chunk_size=s.chunk,
+                              sort_by_length=True).to(s.device)
         _sync(s.device)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
