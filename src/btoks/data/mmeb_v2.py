@@ -102,17 +102,22 @@ def _image_query(row: dict[str, Any]) -> SampleSpec:
                      images=[img] if img else [])
 
 
-def _text_candidates(row: dict[str, Any]) -> LocalRow:
-    """Classification, VQA and image->text: candidates are the ``tgt_text`` strings as they are (no target
-    instruction), named by their text, the first is the answer."""
-    texts = [str(t) for t in row["tgt_text"]]
-    return LocalRow(_image_query(row), [_answer(t) for t in texts], texts, {texts[0]: 1.0})
-
-
 def _answer(text: str) -> SampleSpec:
     """A candidate answer; a blank one is still a candidate (OK-VQA has them) and is embedded as one space,
     since an input without any token has nothing to pool."""
     return make_spec(text=text if text.strip() else " ")
+
+
+def _text_candidates(spec: Any) -> Parse:
+    """Classification, VQA and image->text: candidates are the ``tgt_text`` strings as they are (no target
+    instruction), named by their text, the first is the answer."""
+    specs: dict[str, SampleSpec] = {}  # a 1000-label set repeats the same strings on every row: build each once
+
+    def parse(row: dict[str, Any]) -> LocalRow:
+        texts = [str(t) for t in row["tgt_text"]]
+        cands = [specs.get(t) or specs.setdefault(t, _answer(t)) for t in texts]
+        return LocalRow(_image_query(row), cands, texts, {texts[0]: 1.0})
+    return parse
 
 
 def _image_candidates(row: dict[str, Any], name: Callable[[str, str], str]) -> tuple[list[SampleSpec], list[str]]:
@@ -287,9 +292,9 @@ def _momentseeker(spec: Any) -> Parse:
 
 
 _FAMILIES: dict[str, Callable[..., Parse]] = {
-    "image_cls": lambda spec: _text_candidates,
-    "image_qa": lambda spec: _text_candidates,
-    "image_i2t": lambda spec: _text_candidates,
+    "image_cls": _text_candidates,
+    "image_qa": _text_candidates,
+    "image_i2t": _text_candidates,
     "image_t2i": _t2i,
     "image_i2i_vg": _i2i_vg,
     "video_cls": _video_cls,
