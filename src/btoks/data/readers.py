@@ -158,11 +158,16 @@ class _Interner:
         self.media, self.check = media, check
         self._specs: dict[tuple, SampleSpec] = {}
         self._raw: dict[Any, SampleSpec] = {}
-        self._errors: dict[int, InputError | bool | None] = {}  # by id() of interned specs (kept alive)
+        self._errors: dict[int, InputError | bool | None] = {}
+        self._by_id: dict[int, SampleSpec] = {}  # by id() of interned specs (kept alive)
 
     def __call__(self, spec: SampleSpec) -> SampleSpec:
+        if self._by_id.get(id(spec)) is spec:  # already interned: skip building its key
+            return spec
         key = (*spec.key(), spec.id, spec.target)
-        return self._specs.setdefault(key, spec)
+        hit = self._specs.setdefault(key, spec)
+        self._by_id[id(hit)] = hit
+        return hit
 
     def build(self, raw: Any, make: Any) -> SampleSpec:
         """``make()`` once per distinct raw cell tuple (unhashable cells are built every time)."""
