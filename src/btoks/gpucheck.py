@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from btoks.backbones.tiny import tiny_tokenizer
 from btoks.config import BToksConfig
 from btoks.model import BToksModel
 from btoks.synthetic import PAPER_PAIRS, TINY_PAIRS, real_shape_backbone, synthetic_pairs
@@ -50,6 +51,9 @@ class Settings:
     two_process: bool = True
     out: str = "runs/gpu-check"
     device: str = "cuda"
+    layers: int | None = None
+    """Cut the decoder / vision tower (smoke-testing the full-size code path on a CPU); None: the real depth."""
+    vision_depth: int | None = None
 
     @classmethod
     def for_mode(cls, tiny: bool, **overrides: Any) -> Settings:
@@ -72,12 +76,13 @@ def attention_kernels() -> list[str]:
 def build_model(s: Settings, attn: str = "sdpa", seed: int = 0) -> BToksModel:
     """Paper recipe: K = 4, GIC cache path, DoRA r16 α32 on the LLM projections, bf16."""
     if s.tiny:
-        from btoks.tiny import tiny_backbone
+        from btoks.backbones.tiny import tiny_backbone
 
         backbone = tiny_backbone("qwen2_vl", seed=seed, attn_implementation=attn)
         backbone.model.to(torch.bfloat16)
     else:
-        backbone = real_shape_backbone(dtype=torch.bfloat16, device=s.device, attn_implementation=attn, seed=seed)
+        backbone = real_shape_backbone(dtype=torch.bfloat16, device=s.device, attn_implementation=attn, seed=seed,
+                                       layers=s.layers, vision_depth=s.vision_depth)
     model = BToksModel(backbone, BToksConfig(num_btoks=4, gen_weight=5.0, gic_impl="cache", max_length=4096,
                                              target_max_length=128, truncate_targets=True))
     torch.manual_seed(seed)
@@ -88,7 +93,7 @@ def build_model(s: Settings, attn: str = "sdpa", seed: int = 0) -> BToksModel:
 def pairs_for(s: Settings, n: int, seed: int = 0) -> tuple[list[Any], list[Any]]:
     """A mixed MMEB-like batch: half image queries (answer targets), half image candidates (query targets)."""
     shapes = TINY_PAIRS if s.tiny else PAPER_PAIRS
-    tok = __import__("btoks.tiny", fromlist=["tiny_tokenizer"]).tiny_tokenizer()
+    tok = tiny_tokenizer()
     qa, pa = synthetic_pairs(shapes["image-query"], n - n // 2, tok, seed)
     qb, pb = synthetic_pairs(shapes["image-candidate"], n // 2, tok, seed + 1)
     return qa + qb, pa + pb
@@ -156,7 +161,8 @@ def train_steps(model: BToksModel, s: Settings) -> dict[str, Any]:
     memory = PhaseMemory(s.device)
     times, tokens, losses = [], [], []
     for step in range(s.steps + 1):
-        batch = prepare_batch(model, *pairs_for(s, s.batch, seed=step), chunk_size=s.chunk).to(s.device)
+        batch = prepare_batch(model, *pairs_for(s, s.batch, seed=step), chunk_size=s.chunk,
+                              sort_by_length=True).to(s.device)
         _sync(s.device)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
@@ -312,7 +318,8 @@ def _num(v: Any, fmt: str = ".2f") -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     s, env = report["settings"], report["environment"]
-    model = "tiny Qwen2-VL (CPU, --tiny)" if s["tiny"] else "Qwen2-VL-2B shape, random weights"
+    model = "tiny Qwen2-VL (CPU, --tiny)" if s["tiny"] else "Qwen2-VL-2B shape, random weights" + (
+        f", cut to {s['layers']} layers / {s['vision_depth']} vision blocks" if s["layers"] or s["vision_depth"] else "")
     lines = [f"# btoks gpu-check ({model})", "",
              f"- device: {env.get('gpu', env['device'])}; torch {env['torch']}, transformers "
              f"{env['transformers']}, flash_attn {'yes' if env['flash_attn'] else 'no'}",
@@ -333,7 +340,8 @@ def markdown(report: dict[str, Any]) -> str:
                  f"gradient cosine {g['grad_cosine']:.4f}: {'agree' if g['agree'] else '**DISAGREE**'}.")
     t = report["two_process"]
     lines.append("2-process step vs 1 process: " + (
-        "skipped (fewer than 2 GPUs)." if t is None else
+        ("not run (--no-two-process)." if not s["two_process"] else "skipped (fewer than 2 GPUs).")
+        if t is None else
         f"gradient cosine {t['grad_cosine']:.5f}, relative difference {t['grad_rel_diff']:.2e}: "
         f"{'equal' if t['equal'] else '**DIFFERENT**'}."))
     lines.append(f"\nOverall: {'PASS' if report['ok'] else '**FAIL**'} ({report['wall_s']:.0f} s).")
@@ -382,11 +390,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lora-dropout", type=float, default=None,
                    help="DoRA dropout (default 0; the paper's 0.05 re-runs every base layer, docs/benchmarks.md)")
     p.add_argument("--no-two-process", action="store_true", help="skip the 2-process gradient check")
+    p.add_argument("--device", default=None, help="default cuda (cpu with --tiny); cpu runs the full-size path")
+    p.add_argument("--encode-batch", type=int, default=None, help="encode batch (default 64; tiny 8)")
+    p.add_argument("--layers", type=int, default=None, help="cut the decoder to N layers (CPU smoke test)")
+    p.add_argument("--vision-depth", type=int, default=None, help="cut the vision tower to N blocks")
     args = p.parse_args(argv)
     s = Settings.for_mode(args.tiny, out=args.out, steps=args.steps, batch=args.batch, chunk=args.chunk,
-                          lora_dropout=args.lora_dropout, two_process=False if args.no_two_process else None)
-    if not args.tiny and not torch.cuda.is_available():
-        print("gpu-check: no CUDA device; use --tiny for the CPU self-test", file=sys.stderr)
+                          lora_dropout=args.lora_dropout, two_process=False if args.no_two_process else None,
+                          device=args.device, encode_batch=args.encode_batch, layers=args.layers, vision_depth=args.vision_depth)
+    if s.device.startswith("cuda") and not torch.cuda.is_available():
+        print("gpu-check: no CUDA device; use --tiny (or --device cpu) for a CPU run", file=sys.stderr)
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     report = run_check(s, progress=lambda m: print(f"[gpu-check] {m}", file=sys.stderr, flush=True))
