@@ -49,9 +49,10 @@ def locate(spec: Any, data_root: str | Path) -> Path | None:
     as a folder or as ``<folder>.jsonl``/``.parquet``/...), or ``None``."""
     root = Path(data_root)
     names = [*(getattr(spec, "folders", ()) or ()), spec.path or spec.name]
+    beir = getattr(spec, "family", "") in ("vidore", "visrag") or getattr(spec, "format", "") == "visdoc"
     for name in names:
         p = root / name
-        if p.is_dir():
+        if p.is_dir() and (not beir or any(p.glob("corpus*"))):  # "docvqa" must not be the image set "DocVQA"
             return p
         for ext in TABLE_EXTENSIONS:
             if p.with_name(p.name + ext).is_file():
