@@ -247,6 +247,9 @@ class MiniBackbone(Backbone):
     def vision_token_ids(self) -> frozenset[int]:
         return frozenset({self.cfg.image_token_id, self.cfg.video_token_id})
 
+    def image_token_estimate(self, width: float, height: float) -> int:
+        return self.cfg.image_grid ** 2 + 2  # fixed resolution
+
     def _pixels(self, images: list[Image.Image]) -> torch.Tensor:
         return preprocess_images(images, self.cfg.image_size)
 
