@@ -18,6 +18,8 @@ with this choice vs 21.0 keeping the first 12 and 3.0 for all 30; docs/results.m
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -198,6 +200,11 @@ class BToksMiniForCausalLM(BToksMiniPreTrainedModel, GenerationMixin):
     def get_decoder(self) -> nn.Module:
         return self.model
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """peft still reads this deprecated name; answer with the new one instead of a FutureWarning per load."""
+        return self.is_activation_checkpointing
+
     def forward(self, input_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 logits_to_keep: int = 0, **kwargs: Any) -> CausalLMOutputWithPast:
         out = self.model(input_ids=input_ids, **kwargs)
@@ -270,6 +277,20 @@ class MiniBackbone(Backbone):
         self.tokenizer.save_pretrained(directory)
 
 
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No "Loading weights" bar for a local 135M checkpoint (the quickstart loads it once per stage)."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def load_mini(*, cache_dir: str | None = None, num_layers: int = DEFAULT_LAYERS, image_size: int = DEFAULT_IMAGE_SIZE,
               image_grid: int = DEFAULT_GRID, max_video_frames: int = DEFAULT_VIDEO_FRAMES, dtype: Any = None,
               attn_implementation: str | None = "sdpa", seed: int = 0, delta: str | Path | None = None,
@@ -284,7 +305,8 @@ def load_mini(*, cache_dir: str | None = None, num_layers: int = DEFAULT_LAYERS,
     rows start at the mean embedding (the image/video rows are overwritten by features anyway).
     """
     text_dir = smollm2_path(cache_dir)
-    text = LlamaForCausalLM.from_pretrained(text_dir, dtype=torch.float32)
+    with _quiet_loading():
+        text = LlamaForCausalLM.from_pretrained(text_dir, dtype=torch.float32)
     if not 1 <= num_layers <= text.config.num_hidden_layers:
         raise ValueError(f"num_layers must be in 1..{text.config.num_hidden_layers}, got {num_layers}")
     tokenizer = AutoTokenizer.from_pretrained(text_dir)
