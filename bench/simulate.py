@@ -91,7 +91,7 @@ class Arm:
     math_attention: bool = False
     """Force the math SDPA kernel (what an explicit 4-D mask can force on GPU): materialised attention."""
     sort: bool = False
-    """Sort pairs by query length before chunking."""
+    """Sort pairs by query length before chunking (``prepare_batch(sort_by_length=True)``)."""
     reuse_media: bool = True
     """GradCache pass 2 reuses pass 1's frozen vision features (``Backbone.precompute_media``)."""
 
@@ -139,10 +139,10 @@ def _register_flops() -> None:
 
 
 def build_model(arm: Arm, layers: int, vision: int, tiny: bool = False) -> Any:
+    from btoks.backbones.tiny import tiny_backbone
     from btoks.config import BToksConfig
     from btoks.model import BToksModel
     from btoks.synthetic import real_shape_backbone
-    from btoks.tiny import tiny_backbone
 
     backbone = tiny_backbone("qwen2_vl", attn_implementation="sdpa") if tiny else \
         real_shape_backbone(layers=layers, vision_depth=vision, dtype=torch.bfloat16, init=False)
@@ -158,11 +158,7 @@ def prepare(model: Any, queries: list[Any], positives: list[Any], arm: Arm, chun
     """The step's tokenised chunks (independent of depth and adapters, so shared by every measurement)."""
     from btoks.train.step import prepare_batch
 
-    if arm.sort:
-        lengths = model.prepare(queries).attention_mask.sum(1).tolist()
-        order = sorted(range(len(queries)), key=lambda i: lengths[i])
-        queries, positives = [queries[i] for i in order], [positives[i] for i in order]
-    return prepare_batch(model, queries, positives, chunk_size=chunk)
+    return prepare_batch(model, queries, positives, chunk_size=chunk, sort_by_length=arm.sort)
 
 
 def measure(model: Any, batch: Any, arm: Arm) -> Measured:
@@ -227,8 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> Table:
     from bench.common import quiet_libraries
+    from btoks.backbones.tiny import tiny_tokenizer
     from btoks.synthetic import PAPER_PAIRS, synthetic_pairs
-    from btoks.tiny import tiny_tokenizer
 
     quiet_libraries()
     torch.manual_seed(0)

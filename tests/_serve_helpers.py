@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from btoks import BToksConfig, BToksModel
-from btoks.tiny import tiny_backbone
+from btoks.backbones.tiny import tiny_backbone
 
 
 @lru_cache(maxsize=1)

@@ -10,15 +10,15 @@ import torch
 from PIL import Image
 
 from btoks import BToksConfig, BToksModel, Sample
-from btoks.analysis import attention as attention_mod
+from btoks import model as model_mod
 from btoks.analysis.ablate import _config_hash, cell_config, find_cell, make_cells, parse_grid
 from btoks.analysis.attention import MaskLeakError, attention_shares
 from btoks.analysis.decode import banned_ids, decode_btoks, generate_ids
+from btoks.backbones.tiny import tiny_backbone
 from btoks.cli import main
 from btoks.eval import registry
 from btoks.loading import load
 from btoks.model import TargetBatch
-from btoks.tiny import tiny_backbone
 
 QUERY, BTOKS, TARGET = 0, 1, 2
 TEXT, VISION = 0, 1
@@ -65,7 +65,7 @@ def test_unmasked_equals_plain_causal_attention(family, models, rgb):
     inputs, tb = model.prepare([sample]), model.prepare_targets([sample.target])
     lxb, width = inputs.input_ids.shape[1], tb.input_ids.shape[1]
     ids = torch.cat([inputs.input_ids, tb.input_ids], 1)
-    pos = torch.cat([inputs.position_ids, model._target_positions(inputs, torch.tensor([0]), width)], -1)
+    pos = torch.cat([inputs.position_ids, model.target_positions(inputs, torch.tensor([0]), width)], -1)
     media = {k: (torch.nn.functional.pad(v, (0, width)) if k == "mm_token_type_ids" else v)
              for k, v in inputs.media.items()}
     with torch.no_grad():
@@ -80,8 +80,8 @@ def test_unmasked_equals_plain_causal_attention(family, models, rgb):
 
 def test_leak_is_detected(models, monkeypatch):
     """If the mask were not applied (here: the masked pass gets the causal mask), the analysis refuses."""
-    real = attention_mod.condensation_mask
-    monkeypatch.setattr(attention_mod, "condensation_mask", lambda m, k, t, mode="compressed": real(m, k, t, "full"))
+    real = model_mod.condensation_mask
+    monkeypatch.setattr(model_mod, "condensation_mask", lambda m, k, t, mode="compressed": real(m, k, t, "full"))
     with pytest.raises(MaskLeakError, match="attend to the query"):
         attention_shares(models["llama"], [Sample(text="a red circle", target="red")])
 

@@ -117,7 +117,7 @@ def _mk(p: Path) -> Path:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from btoks import BToksConfig, BToksModel
-    from btoks.tiny import tiny_backbone
+    from btoks.backbones.tiny import tiny_backbone
 
     path = tmp_path_factory.mktemp("model") / "tiny"
     BToksModel(tiny_backbone("qwen2_vl"), BToksConfig(num_btoks=4)).save_pretrained(path)
@@ -314,7 +314,8 @@ def test_discover_published_layout(tmp_path: Path) -> None:
     data = tmp_path / "mmeb"
     pq.write_table(pa.Table.from_pylist(_image_rows(data / "ImageNet-1K")), data / "ImageNet-1K" / "test.parquet")
     _jsonl(data / "N24News.jsonl", [{"qry_text": "x", "tgt_text": ["a", "b"]}])
-    _mk(data / "arxivqa")
+    _jsonl(data / "arxivqa" / "corpus.jsonl", [{"corpus-id": "d1", "image": "d1.png"}])  # a BEIR folder
+    _mk(data / "docvqa")  # not BEIR: not taken for ViDoRe_docvqa (on a case-insensitive disk it is DocVQA/)
     found = {s.name: s for s in runner.discover(data)}
     assert set(found) == {"ImageNet-1K", "N24News", "ViDoRe_arxivqa"}
     assert runner.locate(found["N24News"], data).name == "N24News.jsonl"

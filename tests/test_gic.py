@@ -6,8 +6,8 @@ import torch
 from transformers import DynamicCache
 
 from btoks import BToksConfig, BToksModel, Sample
+from btoks.backbones.tiny import tiny_backbone
 from btoks.masks import condensation_mask, to_additive
-from btoks.tiny import tiny_backbone
 
 
 def _batch(family, rgb):
@@ -79,8 +79,8 @@ def test_condensation_mask_blocks_query_leakage(family):
     assert not torch.equal(a.input_ids, b_ids)
     tb = model.prepare_targets(["a red circle"])
     with torch.no_grad():
-        kv_a = bb.forward(a.input_ids, a.attention_mask, a.position_ids, use_cache=True).past_key_values
-        kv_b = bb.forward(b_ids, a.attention_mask, a.position_ids, use_cache=True).past_key_values
+        kv_a = bb.forward(a.input_ids, a.attention_mask, a.position_ids, use_cache=True).cache
+        kv_b = bb.forward(b_ids, a.attention_mask, a.position_ids, use_cache=True).cache
         logits = {}
         for mode in ("compressed", "full"):
             for name, query_kv in (("same", kv_a), ("perturbed", kv_b)):
@@ -90,8 +90,8 @@ def test_condensation_mask_blocks_query_leakage(family):
                                  torch.cat([lq.values[:, :, :-k], la.values[:, :, -k:]], 2), i)
                 lxb = a.input_ids.shape[1]
                 mask = condensation_mask(a.attention_mask, k, tb.attention_mask, mode)[:, :, lxb:]
-                pos = model._target_positions(a, torch.tensor([0]), tb.input_ids.shape[1])
-                out = bb.forward(tb.input_ids, to_additive(mask, model.dtype), pos, past_key_values=cache)
+                pos = model.target_positions(a, torch.tensor([0]), tb.input_ids.shape[1])
+                out = bb.forward(tb.input_ids, to_additive(mask, model.dtype), pos, cache=cache)
                 logits[mode, name] = bb.lm_head(out.last_hidden_state)
     assert torch.allclose(logits["compressed", "same"], logits["compressed", "perturbed"], atol=1e-7, rtol=0)
     assert (logits["full", "same"] - logits["full", "perturbed"]).abs().max() > 1e-3

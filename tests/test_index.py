@@ -13,6 +13,7 @@ import pytest
 from _serve_helpers import color_image, make_corpus, tiny_model, tiny_model_dir
 
 from btoks import BToksConfig, BToksModel
+from btoks.backbones.tiny import tiny_backbone
 from btoks.serve import cli
 from btoks.serve.index import (
     CURRENT,
@@ -24,7 +25,6 @@ from btoks.serve.index import (
     make_faiss_index,
     search,
 )
-from btoks.tiny import tiny_backbone
 
 
 @pytest.fixture(scope="module")

@@ -116,6 +116,8 @@ def test_visdoc_tables(quick) -> None:
         assert r["query-id"] in qids and r["corpus-id"] in cids and r["score"] in (1, 2)
         best[r["query-id"]] = max(best.get(r["query-id"], 0), r["score"])
     assert set(best) == qids and set(best.values()) == {2}
+    exact = [r["query-id"] for r in qrels if r["score"] == 2]
+    assert sorted(exact) == sorted(qids)  # one exact page per query: the figure it names
     assert any(r["score"] == 1 for r in qrels), "graded relevance expected"
 
 

@@ -35,9 +35,10 @@ def _samples(rgb) -> list[Sample]:
     ]
 
 
-def test_parts_are_the_pretrained_weights(mini: MiniBackbone, smollm2_dir, rgb) -> None:
+def test_parts_are_the_pretrained_weights(smollm2_dir, rgb) -> None:
     from transformers import AutoModelForCausalLM
 
+    mini = load_mini(cache_dir=smollm2_dir.parent, delta=None)  # the raw composition, before heal + align
     text = AutoModelForCausalLM.from_pretrained(smollm2_dir)
     lm = mini.model.model.language_model
     assert len(lm.layers) == DEFAULT_LAYERS

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from btoks import BToksConfig, BToksModel, Sample
+from btoks.backbones.tiny import tiny_backbone, tiny_tokenizer
 from btoks.config import check_ntp_side
-from btoks.tiny import tiny_backbone, tiny_tokenizer
 
 FAMILIES = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llama"]
 
@@ -49,8 +49,11 @@ def test_pooling_modes_and_k0_baseline():
     out = model.backbone.forward(*(lambda i: (i.input_ids, i.attention_mask, i.position_ids))(model.prepare(s)))
     assert torch.allclose(model.embed(s)[0], torch.nn.functional.normalize(out.last_hidden_state[0, -1], dim=-1),
                           atol=1e-6)
-    model.config.pooling = "mean"
-    assert not torch.allclose(model.embed(s)[0], torch.nn.functional.normalize(out.last_hidden_state[0, -1], dim=-1))
+    mean = BToksModel(bb, BToksConfig(num_btoks=0, pooling="mean"))
+    expect = torch.nn.functional.normalize(out.last_hidden_state[0].mean(0), dim=-1)
+    assert torch.allclose(mean.embed(s)[0], expect, atol=1e-6)
+    raw = mean(mean.prepare(s))
+    assert torch.allclose(raw.pooled[0], out.last_hidden_state[0].mean(0), atol=1e-6)  # raw vector, unnormalised
 
 
 def test_save_load_roundtrip_full_and_lora(tmp_path, rgb):
@@ -106,3 +109,41 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="empty"):
         model.prepare([Sample(text="", id="blank")])
     assert len(tiny_tokenizer()) > 100
+
+
+def test_btok_init_modes():
+    """``spare`` (authors): unused rows are kept; a full matrix grows (HF mean-resizing) and input rows copy
+    EOS. ``eos`` (paper text): input and LM-head rows copy EOS."""
+    bb = tiny_backbone("llama")
+    bb.model.resize_token_embeddings(len(bb.tokenizer) + 8, mean_resizing=False)  # 8 unused rows
+    before = bb.model.get_input_embeddings().weight.detach().clone()
+    spare = BToksModel(bb, BToksConfig(num_btoks=4))
+    ids = spare.btok_ids
+    assert spare.model.get_input_embeddings().num_embeddings == before.shape[0]  # no growth
+    assert torch.equal(spare.model.get_input_embeddings().weight[ids], before[ids])
+    grown = BToksModel(tiny_backbone("llama"), BToksConfig(num_btoks=4))  # vocabulary full: must grow
+    eos = grown.backbone.eos_token_id
+    w_in, w_out = grown.model.get_input_embeddings().weight, grown.model.get_output_embeddings().weight
+    assert torch.equal(w_in[grown.btok_ids], w_in[eos].expand(4, -1))
+    assert not torch.equal(w_out[grown.btok_ids[0]], w_out[eos])  # LM-head rows: mean-resizing
+    again = BToksModel(tiny_backbone("llama"), BToksConfig(num_btoks=4))
+    assert torch.equal(again.model.get_output_embeddings().weight, w_out)  # seeded: a reload rebuilds them
+    paper_text = BToksModel(tiny_backbone("llama"), BToksConfig(num_btoks=4, btok_init_mode="eos"))
+    for w in (paper_text.model.get_input_embeddings().weight, paper_text.model.get_output_embeddings().weight):
+        assert torch.equal(w[paper_text.btok_ids], w[eos].expand(4, -1))
+
+
+def test_attention_pooling_head_trains_and_round_trips(tmp_path):
+    """The v2 head is a trainable stage of its own: it gets gradients and is saved/loaded with the model."""
+    model = BToksModel(tiny_backbone("llama"), BToksConfig(num_btoks=4, pooling="attention"))
+    s = [Sample(text="a red circle"), Sample(text="a blue square on the left")]
+    out = model(model.prepare(s))
+    assert torch.allclose(out.embeddings.norm(dim=-1), torch.ones(2)) and out.pooled is not None
+    out.embeddings.sum().backward()
+    assert model.pooler.attention.weight.grad is not None and model.pooler.mlp[0].weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        model.pooler.layer_norm.weight.add_(0.5)
+    model.eval()
+    ref = model.embed(s)
+    model.save_pretrained(tmp_path / "m")
+    assert torch.allclose(BToksModel.from_pretrained(tmp_path / "m").embed(s), ref, atol=1e-6)

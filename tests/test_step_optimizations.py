@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from btoks import BToksConfig, BToksModel
+from btoks.backbones.tiny import tiny_backbone
 from btoks.data.examples import shapes
-from btoks.tiny import tiny_backbone
 from btoks.train.step import compute_gradients, prepare_batch
 
 

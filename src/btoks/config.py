@@ -8,9 +8,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Pooling = Literal["btoks", "last", "mean"]
+Pooling = Literal["btoks", "last", "mean", "attention"]
 KVMode = Literal["compressed", "full"]
 GICImpl = Literal["cache", "mask"]
+BTokInit = Literal["spare", "eos"]
+GicPositions = Literal["count", "continue"]
+GicTarget = Literal["input", "text"]
+GenLossNorm = Literal["chunk", "batch"]
+GenSides = Literal["sum", "mean"]
+_CHOICES = {"pooling": ("btoks", "last", "mean", "attention"), "kv_mode": ("compressed", "full"),
+            "gic_impl": ("cache", "mask"), "btok_init_mode": ("spare", "eos"),
+            "gic_positions": ("count", "continue"), "gic_target": ("input", "text"),
+            "gen_loss_norm": ("chunk", "batch"), "gen_sides": ("sum", "mean")}
 NTP_SIDES = ("positive", "query", "both", "none")
 
 CONFIG_NAME = "btoks_config.json"
@@ -27,6 +36,17 @@ class BToksConfig:
     and the path used with gradient checkpointing, which disables KV caches in transformers). Both do the same
     FLOPs within 1 %; on CPU ``mask`` is as fast (one decoder call), ``cache`` saves memory on long inputs.
     ``gen_weight`` λ is applied for the first ``gen_steps`` optimiser steps (``None``: always).
+
+    Defaults follow the authors' code (docs/parity.md has the table); the alternatives are kept as options:
+    ``pooling="attention"`` is their v2 head (``pool_mlp_ratio``, ``pool_dropout``, ``pool_attention_scale``).
+    ``btok_init_mode``: ``spare`` = tokens take unused embedding rows when the matrix has them, else the
+    matrix grows (HF mean-resizing) and the new input rows copy EOS (authors); ``eos`` = input and LM-head
+    rows always copy EOS (the paper text; ``btok_init`` names another token). ``gic_target``: ``input`` =
+    the other side's full processed input incl. its images (authors), ``text`` = ``Sample.target`` text.
+    ``gic_positions``: ``count`` = targets start at the number of valid ``[X|B]`` tokens (authors),
+    ``continue`` = last ``[X|B]`` position + 1. ``gen_loss_norm``: ``chunk`` = token mean per GradCache
+    chunk × chunk rows ÷ batch (authors), ``batch`` = one token mean over the batch × target rows ÷ batch.
+    ``gen_sides``: ``sum`` (authors) or ``mean`` of the two sides' losses when both carry targets.
     """
 
     num_btoks: int = 4
@@ -39,6 +59,14 @@ class BToksConfig:
     kv_mode: KVMode = "compressed"
     gic_impl: GICImpl = "cache"
     btok_init: str | None = None
+    btok_init_mode: BTokInit = "spare"
+    pool_mlp_ratio: float = 4.0
+    pool_dropout: float = 0.1
+    pool_attention_scale: bool = True
+    gic_target: GicTarget = "input"
+    gic_positions: GicPositions = "count"
+    gen_loss_norm: GenLossNorm = "chunk"
+    gen_sides: GenSides = "sum"
     max_length: int = 1024
     target_max_length: int = 128
     truncate_targets: bool = False
@@ -51,14 +79,11 @@ class BToksConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.num_btoks, int) or self.num_btoks < 0:
             raise ValueError(f"num_btoks must be an integer >= 0, got {self.num_btoks!r}")
-        if self.pooling not in ("btoks", "last", "mean"):
-            raise ValueError(f"pooling must be 'btoks', 'last' or 'mean', got {self.pooling!r}")
-        if self.pooling == "btoks" and self.num_btoks == 0:
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
+        if self.pooling in ("btoks", "attention") and self.num_btoks == 0:
             self.pooling = "last"  # K = 0 is the last-token baseline by definition
-        if self.kv_mode not in ("compressed", "full"):
-            raise ValueError(f"kv_mode must be 'compressed' or 'full', got {self.kv_mode!r}")
-        if self.gic_impl not in ("cache", "mask"):
-            raise ValueError(f"gic_impl must be 'cache' or 'mask', got {self.gic_impl!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
         if self.gen_weight < 0:

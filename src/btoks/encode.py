@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import sys
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -56,7 +55,6 @@ MAX_TEXT_FILE_CHARS = 1_000_000
 """A text file is read up to this many characters (the model truncates to ``max_length`` tokens anyway)."""
 
 ConvertTo = Literal["numpy", "torch"]
-_normalize_lock = threading.Lock()
 
 
 EncodeInputError = InputError
@@ -236,37 +234,22 @@ def parse_input(x: Any, index: int, instruction: str | None = None) -> _Item:
 # ------------------------------------------------------------------------------------------ length estimate
 
 
-def _vision_budget(model: BToksModel) -> tuple[int, int, int]:
-    """(min_pixels, max_pixels, pixels per token) of the backbone's image processor, or generic values."""
-    backbone = model.backbone
-    proc = getattr(backbone, "image_processor", None)
-    size = dict(getattr(proc, "size", None) or {})
-    patch = getattr(proc, "patch_size", None) or 14
-    merge = getattr(proc, "merge_size", None) or 2
-    return (
-        int(size.get("shortest_edge", 56 * 56)),
-        int(size.get("longest_edge", 28 * 28 * 1280)),
-        patch * patch * merge * merge,
-    )
+def _image_tokens(model: BToksModel, wh: tuple[float, float]) -> int:
+    return model.backbone.image_token_estimate(*wh)
 
 
 def decode_budget(model: BToksModel) -> int:
     """Pixels the model resizes an image to at most: decoding more only costs memory."""
-    return _vision_budget(model)[1]
+    return model.backbone.max_image_pixels
 
 
-def _image_tokens(wh: tuple[float, float], budget: tuple[int, int, int]) -> int:
-    lo, hi, per_token = budget
-    return int(min(max(wh[0] * wh[1], lo), hi) // per_token) + 2
-
-
-def _estimate(item: _Item, model: BToksModel, opts: EncodeOptions, budget: tuple[int, int, int]) -> int:
+def _estimate(item: _Item, model: BToksModel, opts: EncodeOptions) -> int:
     """Cheap token-count estimate (headers only): text ≈ 4 characters a token, images by pixel budget."""
     if item.sample is not None:
         s = item.sample
-        n = len(s.prompt) // 4 + sum(_image_tokens(im.size, budget) for im in s.images)
+        n = len(s.prompt) // 4 + sum(_image_tokens(model, im.size) for im in s.images)
         if s.video:
-            n += _image_tokens(s.video[0].size, budget) * math.ceil(len(s.video) / 2)
+            n += _image_tokens(model, s.video[0].size) * math.ceil(len(s.video) / 2)
         return n
     n = len(item.instruction) // 4 + len(item.text) // 4
     if item.text_file is not None:
@@ -279,11 +262,11 @@ def _estimate(item: _Item, model: BToksModel, opts: EncodeOptions, budget: tuple
             wh = (w * opts.pdf_scale, h * opts.pdf_scale)
         else:
             wh = image_header_size(src)  # also fails early (with the index) on missing or corrupt files
-        n += _image_tokens(wh, budget)
+        n += _image_tokens(model, wh)
     if item.video is not None:
         frames = len(item.video) if isinstance(item.video, list) else (item.frames or opts.num_frames)
         frame_wh = item.video[0].size if isinstance(item.video, list) else (448, 448)
-        n += _image_tokens(frame_wh, budget) * math.ceil(frames / 2)
+        n += _image_tokens(model, frame_wh) * math.ceil(frames / 2)
     return min(n, model.config.max_length * 4)
 
 
@@ -331,20 +314,13 @@ def _load(item: _Item, opts: EncodeOptions) -> Sample:
 
 
 @contextmanager
-def _eval_mode(model: BToksModel, normalize: bool) -> Iterator[None]:
-    """Encode in eval mode (no dropout) and, for ``normalize=False``, with the model's normalisation off."""
+def _eval_mode(model: BToksModel) -> Iterator[None]:
+    """Encode in eval mode (no dropout), restoring training mode afterwards."""
     was_training = model.training
     model.eval()
-    raw = not normalize and model.config.normalize
-    if raw:
-        _normalize_lock.acquire()
-        model.config.normalize = False
     try:
         yield
     finally:
-        if raw:
-            model.config.normalize = True
-            _normalize_lock.release()
         if was_training:
             model.train()
 
@@ -353,7 +329,7 @@ def _run(model: BToksModel, samples: list[Sample]) -> tuple[torch.Tensor, list[i
     inputs = model.prepare(samples)
     tokens = (inputs.attention_mask.sum(1) - model.config.num_btoks).clamp(min=0).tolist()
     with torch.inference_mode():
-        emb = model(inputs.to(model.device)).embeddings
+        emb = model(inputs.to(model.device)).pooled
     return emb.float().cpu(), [int(t) for t in tokens]
 
 
@@ -394,15 +370,14 @@ def encode_items(
             raise err
         errors[err.index] = err
 
-    budget = _vision_budget(model)
     if opts.decode_pixels is None:
-        opts = replace(opts, decode_pixels=budget[1])
+        opts = replace(opts, decode_pixels=decode_budget(model))
     items: list[_Item] = []
     for i, x in enumerate(inputs):
         try:
             item = parse_input(x, i, instruction)
             try:
-                item.length = _estimate(item, model, opts, budget)
+                item.length = _estimate(item, model, opts)
             except (ValueError, OSError) as e:
                 raise _at(i, e) from e
             items.append(item)
@@ -415,7 +390,7 @@ def encode_items(
     from tqdm.auto import tqdm
 
     with (
-        _eval_mode(model, normalize),
+        _eval_mode(model),
         tqdm(total=n, desc="Encoding", unit="input", disable=not show_progress_bar) as bar,
     ):
         bar.update(n - len(items))

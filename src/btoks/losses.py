@@ -7,15 +7,19 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 
+def world_size() -> int:
+    """Number of processes in the default group (1 when not distributed)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """All-gather ``x`` from every rank, keeping the local slice as the autograd-tracked tensor.
 
     ``all_gather`` returns tensors without gradient history; putting the local tensor back in its slot lets
-    gradients flow to this rank's encoder while other ranks' embeddings act as constant negatives (each rank
-    computes the gradient of its own slice, which is what DDP averaging expects).
-    Returns the gathered tensor and this rank's offset into it.
+    gradients flow to this rank's encoder while other ranks' embeddings act as constants. Ranks may hold
+    different numbers of rows. Returns the gathered tensor and this rank's offset into it.
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if world_size() == 1:
         return x, 0
     sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
@@ -38,25 +42,30 @@ def info_nce(
     symmetric: bool = False,
     gather: bool = True,
 ) -> torch.Tensor:
-    """InfoNCE query → positive over in-batch (and, if ``gather``, cross-rank) candidates.
+    """InfoNCE query → positive over the global batch: with ``gather``, queries, positives and hard negatives
+    of every rank are gathered (local slices keep their gradient) and every rank computes the same global loss.
 
-    ``negatives`` (N, d) are extra hard-negative candidates appended to the candidate pool. ``symmetric`` adds the
+    Each rank's autograd then yields the exact gradient of the global loss w.r.t. its own embeddings; the
+    global gradient is the *sum* over ranks, so a caller whose gradients are averaged across ranks (DDP) must
+    back-propagate ``world_size() ×`` this loss (as the authors' ``scale_loss`` does). Gathering only the
+    candidates would drop the other ranks' queries' pull on this rank's candidates (0.707× the gradient
+    norm at 2 ranks). ``negatives`` (N, d) are extra candidates appended to the pool; ``symmetric`` adds the
     positive → query direction. Embeddings are expected L2-normalised (cosine similarity / temperature).
     """
     if query.shape != positive.shape:
         raise ValueError(f"query and positive embeddings differ in shape: {tuple(query.shape)} vs "
                          f"{tuple(positive.shape)}")
     if gather:
-        all_q, offset = gather_with_grad(query)
-        all_p, _ = gather_with_grad(positive)
+        all_q = gather_with_grad(query)[0]
+        all_p = gather_with_grad(positive)[0]
         all_n = gather_with_grad(negatives)[0] if negatives is not None else None
     else:
-        all_q, all_p, all_n, offset = query, positive, negatives, 0
+        all_q, all_p, all_n = query, positive, negatives
     candidates = all_p if all_n is None else torch.cat([all_p, all_n])
-    labels = torch.arange(query.shape[0], device=query.device) + offset
-    loss = F.cross_entropy(query @ candidates.T / temperature, labels)
+    labels = torch.arange(all_q.shape[0], device=query.device)
+    loss = F.cross_entropy(all_q @ candidates.T / temperature, labels)
     if symmetric:
-        loss = (loss + F.cross_entropy(positive @ all_q.T / temperature, labels)) / 2
+        loss = (loss + F.cross_entropy(all_p @ all_q.T / temperature, labels)) / 2
     return loss
 
 

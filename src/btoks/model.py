@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,14 @@ from torch import nn
 from transformers import DynamicCache
 
 from btoks.backbones import Backbone, ModelInputs, load_backbone
-from btoks.config import BToksConfig
+from btoks.backbones.base import TEXT, TokenRow
+from btoks.config import CONFIG_NAME, BToksConfig
 from btoks.data.sample import Sample
 from btoks.losses import generative_loss
 from btoks.masks import condensation_mask, to_additive
+from btoks.pooling import build_pooler
 
-ADAPTER_DIR, BACKBONE_DIR = "adapter", "backbone"
+ADAPTER_DIR, BACKBONE_DIR, POOLER_FILE = "adapter", "backbone", "pooler.safetensors"
 _CHAT_WRAPS = (  # (prefix, suffix) for target wrapping, by the special tokens a tokenizer has
     ("<|im_start|>", "<|im_start|>assistant\n", "<|im_end|>"),
     ("<|start_header_id|>", "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"),
@@ -28,25 +31,56 @@ _CHAT_WRAPS = (  # (prefix, suffix) for target wrapping, by the special tokens a
 
 @dataclass
 class TargetBatch:
-    """Right-padded GIC targets for the batch rows in ``rows``; ``labels`` is -100 where no loss applies."""
+    """Right-padded GIC targets for the batch rows in ``rows``; ``labels`` is -100 where no loss applies.
+
+    ``position_ids`` are the targets' own positions from 0 (M-RoPE for targets with images); the backbone
+    shifts them to where targets start. ``media`` holds the targets' pixel kwargs (full-input targets).
+    """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
     rows: torch.Tensor
+    position_ids: torch.Tensor | None = None
+    media: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.position_ids is None:
+            self.position_ids = (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
     def to(self, device: torch.device | str) -> TargetBatch:
-        return TargetBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels, self.rows)))
+        return TargetBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels, self.rows,
+                                                     self.position_ids)),
+                           {k: v.to(device) for k, v in self.media.items()})
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+@dataclass
+class XBTSequence:
+    """One ``[X|B|T]`` pass: ids, the boolean Condensation Mask ``(B, 1, L, L)``, positions, model kwargs and
+    which columns are real tokens. ``X|B`` is left-padded (BToks last), ``T`` right-padded after it."""
+
+    input_ids: torch.Tensor
+    mask: torch.Tensor
+    position_ids: torch.Tensor
+    media: dict[str, torch.Tensor]
+    valid: torch.Tensor
+    input_width: int
 
 
 @dataclass
 class EncodeOutput:
     embeddings: torch.Tensor
+    """Pooled vectors, L2-normalised when ``config.normalize``."""
     gen_loss: torch.Tensor | None = None
     """Mean target-token CE scaled by (rows with a target ÷ rows), per design §1."""
     gen_loss_sum: torch.Tensor | None = None
     """Unnormalised token-sum CE, for normalising over a whole batch split into GradCache chunks."""
     target_logits: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+    """The raw pooled vectors (before normalisation)."""
 
 
 def btok_token(i: int) -> str:
@@ -64,6 +98,9 @@ class BToksModel(nn.Module):
         self.peft_model: Any = None
         self.btok_ids = self._add_btoks()
         self.target_prefix, self.target_suffix = self._target_wrapping()
+        text_cfg = backbone.model.config.get_text_config()
+        self.pooler = build_pooler(self.config, int(text_cfg.hidden_size))
+        self.pooler.to(dtype=torch.float32)
 
     # ---- construction ----------------------------------------------------------------------------------------
     @classmethod
@@ -78,7 +115,7 @@ class BToksModel(nn.Module):
         return cls(backbone, config)
 
     def _add_btoks(self) -> list[int]:
-        """Add ``<|btok_i|>`` tokens; new embedding rows start as copies of EOS (or ``btok_init``)."""
+        """Add ``<|btok_i|>`` tokens and initialise their rows per ``config.btok_init_mode``."""
         k = self.config.num_btoks
         if k == 0:
             return []
@@ -98,7 +135,19 @@ class BToksModel(nn.Module):
                 raise ValueError("backbone has no EOS token to initialise BToks from; set btok_init to a token")
         tok.add_tokens(new, special_tokens=True)
         ids = tok.convert_tokens_to_ids(tokens)
-        if max(ids) >= model.get_input_embeddings().num_embeddings:
+        rows = model.get_input_embeddings().num_embeddings
+        if self.config.btok_init_mode == "spare":
+            # The authors' rule: unused rows are kept as they are; only a growing matrix is initialised (HF
+            # mean-resizing, seeded so a reload rebuilds the same LM-head rows; input rows copy EOS).
+            if len(tok) > rows:
+                init = model.get_input_embeddings().weight[init_id].detach().clone()
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)
+                    model.resize_token_embeddings(len(tok))
+                with torch.no_grad():
+                    model.get_input_embeddings().weight[ids] = init
+            return ids
+        if max(ids) >= rows:
             model.resize_token_embeddings(len(tok), mean_resizing=False)
         with torch.no_grad():
             for emb in {model.get_input_embeddings(), model.get_output_embeddings()} - {None}:
@@ -121,20 +170,23 @@ class BToksModel(nn.Module):
         return prefix, suffix
 
     def apply_lora(self, r: int = 16, alpha: int = 32, dropout: float = 0.05, dora: bool = True,
-                   init: str | bool = "gaussian", autocast_adapter_dtype: bool = False) -> None:
-        """LoRA/DoRA on the LLM projections (peft); BTok embedding rows stay trainable via trainable tokens.
+                   init: str | bool = "gaussian", autocast_adapter_dtype: bool = False,
+                   target_modules: list[str] | None = None) -> None:
+        """LoRA/DoRA (peft); BTok embedding rows stay trainable via trainable tokens. ``target_modules``
+        (module-name suffixes, peft's matching) overrides the backbone's default set (the LLM projections).
 
         Adapters are kept in the model's dtype: peft's default (``autocast_adapter_dtype=True``) upcasts them to
         fp32 on a bf16 model, which makes every adapter activation saved for backward fp32 (+45 % saved bytes
         per chunk at Qwen2-VL-2B's shape, docs/benchmarks.md). With ``dora`` and ``dropout > 0`` peft runs
-        each base linear layer a second time on the dropped-out input (1.4x a step's FLOPs at that shape).
+        each base linear layer a second time on the dropped-out input (1.54x a step's FLOPs at that shape).
         """
         from peft import LoraConfig, get_peft_model
 
         extra = {"trainable_token_indices": {self.backbone.embedding_module_name: self.btok_ids}} \
             if self.btok_ids else {}
         lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, use_dora=dora, init_lora_weights=init,
-                          target_modules=self.backbone.lora_target_modules,
+                          target_modules=list(target_modules) if target_modules else
+                          self.backbone.lora_target_modules,
                           modules_to_save=self.backbone.modules_to_save or None, **extra)
         self.peft_model = get_peft_model(self.backbone.model, lora, autocast_adapter_dtype=autocast_adapter_dtype)
 
@@ -151,126 +203,153 @@ class BToksModel(nn.Module):
         """Tokenise, append the BToks, left-pad: BToks are the last K columns of every row."""
         return self.backbone.build_inputs(samples, self.btok_ids, self.config.max_length)
 
-    def prepare_targets(self, targets: list[str | None], ids: list[str] | None = None) -> TargetBatch | None:
-        """Wrap and tokenise GIC targets; ``None`` entries have no target. Prefix tokens get label -100."""
-        tok = self.backbone.tokenizer
-        prefix = self.backbone.text_ids(self.target_prefix)
-        suffix = self.backbone.text_ids(self.target_suffix)
-        rows, seqs, labels = [], [], []
+    def tokenize(self, sample: Sample) -> TokenRow:
+        """One sample's ids with the BToks appended (``collate`` pads a list of them into ``ModelInputs``)."""
+        return self.backbone.tokenize(sample, self.btok_ids, self.config.max_length)
+
+    def collate(self, rows: list[TokenRow]) -> ModelInputs:
+        return self.backbone.collate(rows)[0]
+
+    def prepare_targets(self, targets: Sequence[str | Sample | None],
+                        ids: list[str] | None = None) -> TargetBatch | None:
+        """Wrap and tokenise GIC targets; ``None`` entries have no target. A ``Sample`` target is rendered
+        like an input (its images included, never truncated); its media tokens get no loss, nor does the
+        wrapping prefix. A text target is cut or rejected beyond ``target_max_length``."""
+        bb = self.backbone
+        prefix, suffix = bb.text_ids(self.target_prefix), bb.text_ids(self.target_suffix)
         room = self.config.target_max_length - len(prefix) - len(suffix)
-        if room < 1:
-            raise ValueError(f"target_max_length={self.config.target_max_length} leaves no room for text after the "
-                             f"{len(prefix) + len(suffix)} wrapping tokens")
-        for i, text in enumerate(targets):
-            if text is None:
+        skip = bb.non_text_token_ids
+        rows, token_rows, labels = [], [], []
+        for i, target in enumerate(targets):
+            if target is None:
                 continue
-            if not text.strip():
-                raise ValueError(f"empty target text for sample {ids[i] if ids else i!r}")
-            body = self.backbone.text_ids(text)
-            if len(body) > room:
-                if not self.config.truncate_targets:
-                    raise ValueError(
-                        f"target of sample {ids[i] if ids else i!r} has {len(body) + len(prefix) + len(suffix)} "
-                        f"tokens > target_max_length={self.config.target_max_length} (set truncate_targets to cut)")
-                body = body[:room]
-            body = body + suffix
+            name = ids[i] if ids else i
+            media: dict[str, torch.Tensor] = {}
+            if isinstance(target, Sample):
+                segments, media = bb.sample_segments(target)
+                body = [t for s in segments for t in s.ids]
+                kinds = [s.kind for s in segments for _ in s.ids]
+                if not body:
+                    raise ValueError(f"empty target sample for sample {name!r}")
+            else:
+                if not target.strip():
+                    raise ValueError(f"empty target text for sample {name!r}")
+                if room < 1:
+                    raise ValueError(f"target_max_length={self.config.target_max_length} leaves no room for "
+                                     f"text after the {len(prefix) + len(suffix)} wrapping tokens")
+                body = bb.text_ids(target)
+                if len(body) > room:
+                    if not self.config.truncate_targets:
+                        raise ValueError(
+                            f"target of sample {name!r} has {len(body) + len(prefix) + len(suffix)} tokens > "
+                            f"target_max_length={self.config.target_max_length} (set truncate_targets to cut)")
+                    body = body[:room]
+                kinds = [TEXT] * len(body)
+            scored = [t if k == TEXT and t not in skip else -100 for t, k in zip(body, kinds, strict=True)]
             rows.append(i)
-            seqs.append(prefix + body)
-            labels.append([-100] * len(prefix) + body)
+            token_rows.append(TokenRow(prefix + body + suffix, [TEXT] * len(prefix) + kinds + [TEXT] * len(suffix),
+                                       media))
+            labels.append([-100] * len(prefix) + scored + suffix)
         if not rows:
             return None
-        width = max(map(len, seqs))
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        lab = torch.full((len(seqs), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for r, (s, y) in enumerate(zip(seqs, labels, strict=True)):
-            input_ids[r, : len(s)] = torch.tensor(s)
+        batch, _ = bb.collate(token_rows, left_pad=False)
+        lab = torch.full(batch.input_ids.shape, -100, dtype=torch.long)
+        for r, y in enumerate(labels):
             lab[r, : len(y)] = torch.tensor(y)
-            mask[r, : len(s)] = 1
-        return TargetBatch(input_ids, mask, lab, torch.tensor(rows, dtype=torch.long))
+        return TargetBatch(batch.input_ids, batch.attention_mask, lab, torch.tensor(rows, dtype=torch.long),
+                           batch.position_ids, batch.media)
 
     # ---- forward ---------------------------------------------------------------------------------------------
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """btoks: mean of the K BTok states; last: last real token; mean: mean over real tokens."""
-        if self.config.pooling == "btoks":
-            emb = hidden[:, -self.config.num_btoks:].mean(dim=1)
-        elif self.config.pooling == "last":
-            emb = hidden[:, -1]
-        else:
-            m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            emb = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-        return F.normalize(emb.float(), dim=-1) if self.config.normalize else emb.float()
+        """Raw pooled vectors (``btoks.pooling``; normalisation is the caller's)."""
+        return self.pooler(hidden, attention_mask)
+
+    def _output(self, pooled: torch.Tensor, **kwargs: Any) -> EncodeOutput:
+        emb = F.normalize(pooled, dim=-1) if self.config.normalize else pooled
+        return EncodeOutput(emb, pooled=pooled, **kwargs)
 
     def forward(self, inputs: ModelInputs, targets: TargetBatch | None = None) -> EncodeOutput:
         """Embeddings for ``inputs``; with ``targets`` also the GIC loss (targets see only the BToks)."""
         if targets is None or self.config.num_btoks == 0:
             out = self.backbone.forward(inputs.input_ids, inputs.attention_mask, inputs.position_ids, inputs.media)
-            return EncodeOutput(self.pool(out.last_hidden_state, inputs.attention_mask))
+            return self._output(self.pool(out.last_hidden_state, inputs.attention_mask))
         if self.config.gic_impl == "mask" or (self.training and getattr(self.model, "is_activation_checkpointing", False)):
             return self._forward_explicit(inputs, targets)
         return self._forward_cached(inputs, targets)
 
-    def _target_positions(self, inputs: ModelInputs, rows: torch.Tensor, length: int) -> torch.Tensor:
-        """Targets continue right after the last position of ``[X|B]`` (works for 1-D and M-RoPE ids)."""
-        last = inputs.position_ids.index_select(-2, rows)[..., -1:]
-        return last + 1 + torch.arange(length, device=last.device)
+    def target_positions(self, inputs: ModelInputs, rows: torch.Tensor, relative: torch.Tensor | int) -> torch.Tensor:
+        """Absolute positions of targets continuing ``rows`` of ``inputs`` (``config.gic_positions`` rule);
+        ``relative`` is the targets' own positions, or a width for plain text."""
+        if isinstance(relative, int):
+            relative = torch.arange(relative, device=inputs.input_ids.device)[None].expand(len(rows), -1)
+        return self.backbone.target_position_ids(inputs, rows, relative, self.config.gic_positions)
 
     def _forward_cached(self, inputs: ModelInputs, targets: TargetBatch) -> EncodeOutput:
         """Fast path: encode ``[X|B]`` once, keep only the BToks' per-layer KV, run T as a continuation."""
         out = self.backbone.forward(inputs.input_ids, inputs.attention_mask, inputs.position_ids, inputs.media,
                                     use_cache=True)
-        emb = self.pool(out.last_hidden_state, inputs.attention_mask)
+        pooled = self.pool(out.last_hidden_state, inputs.attention_mask)
         rows = targets.rows
-        cache, ctx_mask = self.btok_cache(inputs, out.past_key_values, rows)
+        cache, ctx_mask = self.btok_cache(inputs, out.cache, rows)
+        assert targets.position_ids is not None
         t_out = self.backbone.forward(
             targets.input_ids, torch.cat([ctx_mask, targets.attention_mask], dim=1),
-            self._target_positions(inputs, rows, targets.input_ids.shape[1]), past_key_values=cache,
-            use_cache=True,
+            self.target_positions(inputs, rows, targets.position_ids), targets.media, cache=cache, use_cache=True,
         )
-        return self._with_gen_loss(emb, self.backbone.lm_head(t_out.last_hidden_state), targets, len(inputs))
+        return self._with_gen_loss(pooled, self.backbone.lm_head(t_out.last_hidden_state), targets, len(inputs))
 
-    def btok_cache(self, inputs: ModelInputs, past_key_values: Any = None, rows: torch.Tensor | None = None,
+    def btok_cache(self, inputs: ModelInputs, cache: Any = None, rows: torch.Tensor | None = None,
                    kv_mode: str | None = None) -> tuple[DynamicCache, torch.Tensor]:
         """The context a GIC target sees: per layer only the last K (BTok) keys/values of ``rows`` (all of
         ``[X|B]`` with ``kv_mode="full"``), and its 2-D attention mask. Shared by training and ``btoks decode``.
 
-        ``past_key_values`` is the encode pass's cache; without it ``inputs`` are encoded here.
+        ``cache`` is the encode pass's KV cache; without it ``inputs`` are encoded here.
         """
         kv_mode = kv_mode or self.config.kv_mode
         if kv_mode not in ("compressed", "full"):
             raise ValueError(f"kv_mode must be 'compressed' or 'full', got {kv_mode!r}")
-        if past_key_values is None:
-            past_key_values = self.backbone.forward(inputs.input_ids, inputs.attention_mask, inputs.position_ids,
-                                                    inputs.media, use_cache=True).past_key_values
+        if cache is None:
+            cache = self.backbone.forward(inputs.input_ids, inputs.attention_mask, inputs.position_ids,
+                                          inputs.media, use_cache=True).cache
         if rows is None:
             rows = torch.arange(len(inputs), device=inputs.input_ids.device)
         keep = self.config.num_btoks if kv_mode == "compressed" else inputs.input_ids.shape[1]
-        cache = DynamicCache()
-        for i, layer in enumerate(past_key_values.layers):
-            cache.update(layer.keys[rows, :, -keep:], layer.values[rows, :, -keep:], i)
-        return cache, inputs.attention_mask[rows, -keep:]
+        kept = DynamicCache()
+        for i, layer in enumerate(cache.layers):
+            kept.update(layer.keys[rows, :, -keep:], layer.values[rows, :, -keep:], i)
+        return kept, inputs.attention_mask[rows, -keep:]
+
+    def build_sequence(self, inputs: ModelInputs, targets: TargetBatch, kv_mode: str | None = None) -> XBTSequence:
+        """The one ``[X|B|T]`` sequence of the explicit-mask path (also what attention analysis runs): every
+        row of ``inputs`` followed by its target (none: masked columns), with the Condensation Mask."""
+        if targets.media:
+            raise ValueError("the explicit [X|B|T] pass takes text-only targets; targets with images need "
+                             "gic_impl='cache' without gradient checkpointing")
+        n, lxb = inputs.input_ids.shape
+        width = targets.input_ids.shape[1]
+        device = inputs.input_ids.device
+        t_ids = torch.zeros((n, width), dtype=torch.long, device=device)
+        t_mask = torch.zeros_like(t_ids)
+        t_ids[targets.rows], t_mask[targets.rows] = targets.input_ids, targets.attention_mask
+        positions = torch.cat([inputs.position_ids, self.target_positions(inputs, torch.arange(n, device=device),
+                                                                           width)], dim=-1)
+        mask = condensation_mask(inputs.attention_mask, self.config.num_btoks, t_mask, kv_mode or self.config.kv_mode)
+        valid = torch.cat([inputs.attention_mask, t_mask], dim=1).bool()
+        return XBTSequence(torch.cat([inputs.input_ids, t_ids], dim=1), mask, positions,
+                           self.backbone.extend_media(inputs.media, width), valid, lxb)
 
     def _forward_explicit(self, inputs: ModelInputs, targets: TargetBatch) -> EncodeOutput:
         """Reference path: one pass over ``[X|B|T]`` with the explicit Condensation Mask (masks.py)."""
-        n, lxb = inputs.input_ids.shape
-        width = targets.input_ids.shape[1]
-        t_ids = torch.zeros((n, width), dtype=torch.long, device=inputs.input_ids.device)
-        t_mask = torch.zeros_like(t_ids)
-        t_ids[targets.rows], t_mask[targets.rows] = targets.input_ids, targets.attention_mask
-        all_rows = torch.arange(n, device=t_ids.device)
-        positions = torch.cat([inputs.position_ids, self._target_positions(inputs, all_rows, width)], dim=-1)
-        mask = condensation_mask(inputs.attention_mask, self.config.num_btoks, t_mask, self.config.kv_mode)
-        media = {k: (F.pad(v, (0, width)) if k == "mm_token_type_ids" else v) for k, v in inputs.media.items()}
-        out = self.backbone.forward(torch.cat([inputs.input_ids, t_ids], dim=1), to_additive(mask, self.dtype),
-                                    positions, media)
+        seq = self.build_sequence(inputs, targets)
+        out = self.backbone.forward(seq.input_ids, to_additive(seq.mask, self.dtype), seq.position_ids, seq.media)
         hidden = out.last_hidden_state
-        emb = self.pool(hidden[:, :lxb], inputs.attention_mask)
-        return self._with_gen_loss(emb, self.backbone.lm_head(hidden[targets.rows, lxb:]), targets, n)
+        pooled = self.pool(hidden[:, :seq.input_width], inputs.attention_mask)
+        return self._with_gen_loss(pooled, self.backbone.lm_head(hidden[targets.rows, seq.input_width:]), targets,
+                                   len(inputs))
 
-    @staticmethod
-    def _with_gen_loss(emb: torch.Tensor, logits: torch.Tensor, targets: TargetBatch, n: int) -> EncodeOutput:
-        return EncodeOutput(emb, *generative_loss(logits, targets.labels, n), logits)
+    def _with_gen_loss(self, pooled: torch.Tensor, logits: torch.Tensor, targets: TargetBatch, n: int) -> EncodeOutput:
+        mean, total = generative_loss(logits, targets.labels, n)
+        return self._output(pooled, gen_loss=mean, gen_loss_sum=total, target_logits=logits)
 
     # ---- convenience -----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -304,6 +383,10 @@ class BToksModel(nn.Module):
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
             self.config.save(tmp)
+            if any(True for _ in self.pooler.parameters()):
+                from safetensors.torch import save_file
+
+                save_file({k: v.contiguous() for k, v in self.pooler.state_dict().items()}, tmp / POOLER_FILE)
             if self.peft_model is not None:
                 if not self.config.base_model:
                     raise ValueError("adapter-only saving needs config.base_model (a hub name or path)")
@@ -326,15 +409,24 @@ class BToksModel(nn.Module):
             raise
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, merge: bool = False, **load_kwargs: Any) -> BToksModel:
+    def from_pretrained(cls, path: str | Path, *, merge: bool = False, base_model: str | None = None,
+                        **load_kwargs: Any) -> BToksModel:
         """Load what ``save_pretrained`` wrote (the LoRA base is re-read from ``config.base_model``).
 
         ``merge=True`` folds a LoRA adapter into the weights for inference: same embeddings, no adapter
         overhead per forward (peft's trainable-token rows otherwise rebuild the embedding matrix every call).
-        A merged model saves in full.
+        A merged model saves in full. A run folder or ``checkpoint-N`` of the authors' code loads too
+        (``btoks.convert``); ``base_model`` overrides where the backbone is read from.
         """
         path = Path(path)
+        if not (path / CONFIG_NAME).is_file():
+            from btoks.convert import find_checkpoint, load_authors_checkpoint
+
+            if find_checkpoint(path) is not None:  # a run of the authors' code (docs/parity.md)
+                return load_authors_checkpoint(path, base_model=base_model, merge=merge, **load_kwargs).eval()
         config = BToksConfig.load(path)
+        if base_model is not None:
+            config.base_model = base_model
         if (path / ADAPTER_DIR).is_dir():
             from peft import PeftModel
 
@@ -344,5 +436,10 @@ class BToksModel(nn.Module):
                 model.backbone.model = model.model = peft_model.merge_and_unload()
             else:
                 model.peft_model = peft_model
-            return model
-        return cls(load_backbone(str(path / BACKBONE_DIR), **load_kwargs), config)
+        else:
+            model = cls(load_backbone(str(path / BACKBONE_DIR), **load_kwargs), config)
+        if (path / POOLER_FILE).is_file():
+            from safetensors.torch import load_file
+
+            model.pooler.load_state_dict(load_file(path / POOLER_FILE))
+        return model.eval()  # like transformers: loaded for inference (dropout off); train() to fine-tune

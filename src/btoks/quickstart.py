@@ -79,22 +79,64 @@ def first_losses(run: Path) -> tuple[float, float]:
     return rows[0]["contrastive"], rows[-1]["contrastive"]
 
 
-def search_example(model_dir: Path, data: Path, out: Path) -> None:
-    """Index the mini-MMEB test shape images with the BToks model and search them by caption, via the CLI
-    (with the instructions the t2i training set used)."""
+SEARCH_QUERIES = ("a blue circle", "a yellow triangle", "a green rectangle")
+"""The closing demo: the first is the README's example; the others are checked the same way."""
+INDEX_INSTRUCTION = "<|image_1|> Represent the given image."
+SEARCH_INSTRUCTION = "Find me an everyday image that matches the given caption:"
+
+
+def shape_labels(data: Path) -> dict[str, str]:
+    """True label ("a small blue circle in the top-left corner") of every indexed test shape image, by file name."""
+    from btoks.data.mini_mmeb import Sources
+
+    return {f"{it.id}.png": it.caption for it in Sources().shapes("test")
+            if (data / "images" / "easyvqa" / "test" / f"{it.id}.png").is_file()}
+
+
+def search_report(index: Path, model_dir: Path, labels: dict[str, str], queries: tuple[str, ...] = SEARCH_QUERIES,
+                  k: int = 3) -> list[dict[str, Any]]:
+    """Top-``k`` hits per query with their true labels, and whether each hit has the asked colour and kind."""
+    from btoks.model import BToksModel
+    from btoks.serve.index import Index
+
+    idx = Index.load(index)
+    model = BToksModel.from_pretrained(model_dir, merge=True)
+    report = []
+    for query in queries:
+        words = set(query.split())
+        hits = []
+        for hit in idx.search(model, query, k=k, instruction=SEARCH_INSTRUCTION):
+            label = labels.get(Path(hit.source).name, "?")
+            hits.append({"rank": hit.rank, "score": round(hit.score, 4), "file": Path(hit.source).name,
+                         "label": label, "match": all(w in label.split() for w in words - {"a"})})
+        report.append({"query": query, "hits": hits, "matches": sum(h["match"] for h in hits)})
+    return report
+
+
+def print_search(report: list[dict[str, Any]]) -> None:
+    for q in report:
+        print(f'\n$ btoks search INDEX "{q["query"]}" -k {len(q["hits"])}   '
+              f'({q["matches"]}/{len(q["hits"])} of the asked colour and kind)')
+        print(f"  {'rank':>4}  {'score':>6}  {'file':<10}  true label")
+        for h in q["hits"]:
+            print(f"  {h['rank']:>4}  {h['score']:>6.3f}  {h['file']:<10}  {h['label']}{'' if h['match'] else '  ✗'}")
+
+
+def search_example(model_dir: Path, data: Path, out: Path) -> list[dict[str, Any]]:
+    """Index the mini-MMEB test shape images with the BToks model via the CLI, then search them by caption
+    (with the instructions the t2i training set used) and report the top 3 with their true labels."""
     from btoks.cli import main as btoks
 
     images = data / "images" / "easyvqa" / "test"
     index = out / "index"
-    commands = [["index", str(model_dir), str(images), "--out", str(index), "--no-progress",
-                 "--instruction", "<|image_1|> Represent the given image."],
-                ["search", str(index), "a blue circle", "-k", "3",
-                 "--instruction", "Find me an everyday image that matches the given caption:"]]
-    for argv in commands:
-        print("$ btoks " + " ".join(argv), flush=True)
-        code = btoks(argv)
-        if code:
-            raise RuntimeError(f"`btoks {' '.join(argv)}` failed with exit code {code}")
+    argv = ["index", str(model_dir), str(images), "--out", str(index), "--instruction", INDEX_INSTRUCTION]
+    print("$ btoks " + " ".join(argv), flush=True)
+    code = btoks(argv)
+    if code:
+        raise RuntimeError(f"`btoks {' '.join(argv)}` failed with exit code {code}")
+    report = search_report(index, model_dir, shape_labels(data))
+    print_search(report)
+    return report
 
 
 def add_quickstart_args(parser: argparse.ArgumentParser) -> None:
@@ -127,6 +169,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
     preset = f"mini-{args.preset}"
     extra = [f"seed={args.seed}", *args.overrides]
     times: dict[str, float] = {}
+    search: list[dict[str, Any]] = []
     previous = _previous_times(out)
     started = time.perf_counter()
 
@@ -158,7 +201,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
 
     if not args.no_search:
         t = _stage("4/4 search with the trained BToks model")
-        search_example(models["btoks"], data, out)
+        search = search_example(models["btoks"], data, out)
         record("search_s", t, False)
 
     times["total_s"] = sum(times.values())  # of the stages as first run (reused stages keep their time)
@@ -167,6 +210,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
         "this_run_s": time.perf_counter() - started,
         "overall": res["overall"], "meta_tasks": res["meta_tasks"], "modalities": res["modalities"],
         "contrastive_loss_first_last": {a.name: first_losses(out / a.name) for a in ARMS},
+        "search": search,
     }
     (out / "quickstart.json").write_text(json.dumps(summary, indent=1))
     print(f"\nDone in {summary['this_run_s'] / 60:.1f} min. Reports: {out}/eval-btoks/summary.md, "

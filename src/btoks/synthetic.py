@@ -63,7 +63,7 @@ def real_shape_backbone(name: str = PAPER_ARCH, *, layers: int | None = None, vi
     from transformers import AutoModelForImageTextToText
 
     from btoks.backbones import QwenVLBackbone
-    from btoks.tiny import tiny_tokenizer
+    from btoks.backbones.tiny import tiny_tokenizer
 
     tok = tiny_tokenizer()
     ids = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",

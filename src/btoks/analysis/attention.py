@@ -28,11 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from btoks.analysis.common import GicSample, batched
-from btoks.masks import condensation_mask, to_additive
+from btoks.masks import to_additive
 from btoks.model import BToksModel
 
 SCHEMA = "btoks.analysis.attention/v1"
@@ -77,13 +76,11 @@ def attention_shares(model: BToksModel, samples: Sequence[Any]) -> dict[str, np.
         model.config.truncate_targets = truncate
     assert targets is not None  # every sample has a target (checked above)
     targets = targets.to(device)
-    n, lxb = inputs.input_ids.shape
+    lxb = inputs.input_ids.shape[1]
     width = targets.input_ids.shape[1]
-    ids = torch.cat([inputs.input_ids, targets.input_ids], dim=1)
-    rows = torch.arange(n, device=device)
-    positions = torch.cat([inputs.position_ids, model._target_positions(inputs, rows, width)], dim=-1)
-    media = {key: (F.pad(v, (0, width)) if key == "mm_token_type_ids" else v) for key, v in inputs.media.items()}
-    valid = torch.cat([inputs.attention_mask, targets.attention_mask], dim=1).bool()
+    seqs = {mode: model.build_sequence(inputs, targets, kv_mode) for mode, kv_mode in MODES.items()}
+    first = next(iter(seqs.values()))
+    ids, valid = first.input_ids, first.valid
     col = torch.arange(lxb + width, device=device)[None]
     is_x = (col < lxb - k) & valid
     is_b = (col >= lxb - k) & (col < lxb) & valid
@@ -95,9 +92,9 @@ def attention_shares(model: BToksModel, samples: Sequence[Any]) -> dict[str, np.
     is_t_first = is_t & (is_t.long().cumsum(1) == 1)  # the first target token: the sink once X is masked
     out: dict[str, list[torch.Tensor]] = defaultdict(list)
     leak = 0.0
-    for mode, kv_mode in MODES.items():
-        mask = condensation_mask(inputs.attention_mask, k, targets.attention_mask, kv_mode)
-        res = model.backbone.forward(ids, to_additive(mask, model.dtype), positions, media, output_attentions=True)
+    for mode, seq in seqs.items():
+        res = model.backbone.forward(ids, to_additive(seq.mask, model.dtype), seq.position_ids, seq.media,
+                                     output_attentions=True)
         attentions = getattr(res, "attentions", None)
         if not attentions or any(a is None for a in attentions):
             raise ValueError("the backbone returned no attention weights: load it with eager attention "

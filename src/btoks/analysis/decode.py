@@ -53,7 +53,7 @@ def generate_ids(model: BToksModel, batch: Sequence[Sample], max_new_tokens: int
                          "(set BToksConfig.target_prefix)")
     n = len(batch)
     step_ids = torch.tensor([prefix] * n, dtype=torch.long, device=device)
-    positions = model._target_positions(inputs, torch.arange(n, device=device), len(prefix))
+    positions = model.target_positions(inputs, torch.arange(n, device=device), len(prefix))
     mask = torch.cat([ctx_mask, torch.ones((n, len(prefix)), dtype=ctx_mask.dtype, device=device)], dim=1)
     suffix = bb.text_ids(model.target_suffix)
     stop = {i for i in (bb.eos_token_id, suffix[0] if suffix else None) if i is not None}
@@ -61,8 +61,8 @@ def generate_ids(model: BToksModel, batch: Sequence[Sample], max_new_tokens: int
     generated: list[list[int]] = [[] for _ in range(n)]
     done = [False] * n
     for _ in range(max_new_tokens):
-        out = bb.forward(step_ids, mask, positions, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = bb.forward(step_ids, mask, positions, cache=cache, use_cache=True)
+        cache = out.cache
         logits = bb.lm_head(out.last_hidden_state[:, -1]).float()
         if banned:
             logits[:, banned] = float("-inf")

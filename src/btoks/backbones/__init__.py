@@ -14,6 +14,7 @@ from btoks.backbones.base import Backbone, ModelInputs, Segment
 from btoks.backbones.causal_lm import CausalLMBackbone
 from btoks.backbones.composed import MINI_NAME, MiniBackbone, load_mini
 from btoks.backbones.qwen_vl import QwenVLBackbone
+from btoks.backbones.tiny import tiny_backbone
 
 ADAPTERS: list[type[Backbone]] = [QwenVLBackbone, MiniBackbone, CausalLMBackbone]
 
@@ -34,8 +35,6 @@ def load_backbone(name_or_path: str, *, trust_remote_code: bool = False, **kwarg
     if name_or_path == MINI_NAME:
         return load_mini(**kwargs)
     if name_or_path.startswith("tiny:"):  # random-weight test backbones, e.g. "tiny:qwen2_vl"
-        from btoks.tiny import tiny_backbone
-
         return tiny_backbone(name_or_path.removeprefix("tiny:"), **kwargs)
     config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     adapter = adapter_for(config)

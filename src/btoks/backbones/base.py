@@ -1,13 +1,15 @@
-"""The Backbone protocol: what BToksModel needs from a (multimodal) decoder, and the shared implementation.
+"""The Backbone interface: what BToksModel needs from a (multimodal) decoder, and the shared implementation.
 
 An adapter turns ``Sample``s into token ids plus model kwargs (pixel values, grids), computes position ids
-(1-D for text LMs, M-RoPE for Qwen-VL), and runs the base decoder with an arbitrary mask and KV cache. Families
-differ only in how media become tokens and positions; everything else lives here.
+(1-D for text LMs, M-RoPE for Qwen-VL) including where GIC targets start, pads model kwargs for a longer
+sequence, and runs the base decoder with an arbitrary mask and KV cache. Families differ only in how media
+become tokens and positions; everything else lives here, so adding a family touches only ``backbones/``.
 """
 
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -51,8 +53,23 @@ class ModelInputs:
         return self.input_ids.shape[0]
 
 
-class Backbone:
-    """Shared adapter logic; subclasses set ``family`` and override the media hooks."""
+@dataclass
+class TokenRow:
+    """One tokenised sample before padding: ids, their kinds (text / image / video) and its model kwargs."""
+
+    ids: list[int]
+    kinds: list[int]
+    media: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+GicStart = str
+"""Where GIC target positions start: ``count`` (number of valid ``[X|B]`` tokens, the authors' rule) or
+``continue`` (last ``[X|B]`` position + 1; differs from ``count`` after M-RoPE images)."""
+
+
+class Backbone(ABC):
+    """Shared adapter logic; subclasses set ``family``, implement ``matches``/``load`` and override the media
+    hooks."""
 
     family: ClassVar[str] = "base"
 
@@ -64,12 +81,14 @@ class Backbone:
 
     # ---- registry hooks -------------------------------------------------------------------------------------
     @classmethod
+    @abstractmethod
     def matches(cls, config: Any) -> bool:
-        raise NotImplementedError
+        """Whether this adapter handles a HF config (the registry asks each adapter in turn)."""
 
     @classmethod
+    @abstractmethod
     def load(cls, name_or_path: str, **kwargs: Any) -> Backbone:
-        raise NotImplementedError
+        """Load model, tokenizer and processors by hub name or local path."""
 
     # ---- model parts ----------------------------------------------------------------------------------------
     @property
@@ -101,6 +120,11 @@ class Backbone:
         return frozenset()
 
     @property
+    def non_text_token_ids(self) -> frozenset[int]:
+        """Ids a GIC target never scores: vision placeholders and their wrapping tokens."""
+        return self.vision_token_ids
+
+    @property
     def eos_token_id(self) -> int | None:
         eos = self.tokenizer.eos_token_id
         if eos is None:
@@ -111,6 +135,7 @@ class Backbone:
     def set_pixel_budget(self, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
         """Bound the pixels an image is resized to (dynamic-resolution families); fixed-resolution and
         text-only backbones have no budget to set, so this default does nothing."""
+        return None
 
     def image_segments(self, images: list[Image.Image]) -> tuple[list[list[Segment]], dict[str, torch.Tensor]]:
         """Token segments per image (placeholders plus any wrapping tokens) and the model kwargs they need."""
@@ -137,8 +162,45 @@ class Backbone:
 
     def compute_position_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                              kinds: torch.Tensor, media: dict[str, torch.Tensor]) -> torch.Tensor:
-        """1-D positions that skip left padding; M-RoPE families override."""
+        """1-D positions over the valid tokens (either padding side); M-RoPE families override."""
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    @property
+    def max_image_pixels(self) -> int:
+        """Pixels an image is resized to at most (decoding more only costs memory)."""
+        return 28 * 28 * 1280
+
+    def image_token_estimate(self, width: float, height: float) -> int:
+        """Rough token count of one image at this size, for length bucketing before decoding. The default
+        is the Qwen-VL dynamic-resolution rule with its usual sizes; fixed-resolution families override."""
+        pixels = min(max(width * height, 56 * 56), 28 * 28 * 1280)
+        return int(pixels // (14 * 14 * 2 * 2)) + 2
+
+    # ---- GIC targets -------------------------------------------------------------------------------------------
+    def target_position_ids(self, inputs: ModelInputs, rows: torch.Tensor, relative: torch.Tensor,
+                            start: GicStart = "count") -> torch.Tensor:
+        """Absolute positions of GIC targets continuing ``inputs`` rows ``rows``: ``relative`` (the targets'
+        own positions from 0, 1-D ``(n, T)`` or M-RoPE ``(3, n, T)``) shifted by where targets start."""
+        if start == "count":
+            offset = inputs.attention_mask.index_select(0, rows).sum(-1)
+        elif start == "continue":
+            last = inputs.position_ids.index_select(-2, rows)[..., -1]
+            offset = (last.amax(0) if last.dim() == 2 else last) + 1
+        else:
+            raise ValueError(f"gic_positions must be 'count' or 'continue', got {start!r}")
+        if relative.dim() == 3:
+            if inputs.position_ids.dim() != 3:
+                raise ValueError("M-RoPE target positions for a backbone with 1-D positions")
+            return relative + offset.view(1, -1, 1)
+        if inputs.position_ids.dim() == 3:
+            relative = relative[None].expand(inputs.position_ids.shape[0], -1, -1)
+            return relative + offset.view(1, -1, 1)
+        return relative + offset[:, None]
+
+    def extend_media(self, media: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
+        """Model kwargs of an ``[X|B]`` batch for a sequence ``width`` text columns longer (``[X|B|T]``);
+        per-token kwargs (e.g. Qwen's ``mm_token_type_ids``) get text padding."""
+        return media
 
     # ---- building inputs -------------------------------------------------------------------------------------
     def text_ids(self, text: str) -> list[int]:
@@ -173,44 +235,47 @@ class Backbone:
                 segments.append(Segment(self.text_ids(piece)))
         return segments, self.merge_media(parts) if parts else {}
 
-    def build_inputs(self, samples: list[Sample], suffix_ids: list[int], max_length: int) -> ModelInputs:
-        """Tokenise samples, append ``suffix_ids`` (the BToks) to each, left-pad, compute positions.
+    def tokenize(self, sample: Sample, suffix_ids: list[int], max_length: int) -> TokenRow:
+        """Token ids of one sample plus ``suffix_ids`` (the BToks); text is cut from its end when the row
+        exceeds ``max_length``, media tokens and the suffix never are."""
+        segments, media = self.sample_segments(sample)
+        if not any(s.ids for s in segments):
+            raise ValueError(f"sample {sample.id!r} is empty (no text and no media)")
+        excess = sum(len(s.ids) for s in segments) + len(suffix_ids) - max_length
+        for seg in reversed(segments):
+            if excess <= 0:
+                break
+            if seg.kind == TEXT:
+                cut = min(excess, len(seg.ids))
+                seg.ids = seg.ids[: len(seg.ids) - cut]
+                excess -= cut
+        if excess > 0:
+            raise ValueError(f"sample {sample.id!r}: media tokens alone exceed max_length={max_length}")
+        ids = [i for s in segments for i in s.ids] + list(suffix_ids)
+        kinds = [s.kind for s in segments for _ in s.ids] + [TEXT] * len(suffix_ids)
+        return TokenRow(ids, kinds, media)
 
-        Text is truncated from its end when a row exceeds ``max_length``; media tokens and the suffix never are.
-        """
-        rows: list[tuple[list[int], list[int]]] = []
-        media_parts: list[dict[str, torch.Tensor]] = []
-        for sample in samples:
-            segments, media = self.sample_segments(sample)
-            if not any(s.ids for s in segments):
-                raise ValueError(f"sample {sample.id!r} is empty (no text and no media)")
-            excess = sum(len(s.ids) for s in segments) + len(suffix_ids) - max_length
-            for seg in reversed(segments):
-                if excess <= 0:
-                    break
-                if seg.kind == TEXT:
-                    cut = min(excess, len(seg.ids))
-                    seg.ids = seg.ids[: len(seg.ids) - cut]
-                    excess -= cut
-            if excess > 0:
-                raise ValueError(f"sample {sample.id!r}: media tokens alone exceed max_length={max_length}")
-            ids = [i for s in segments for i in s.ids] + list(suffix_ids)
-            kinds = [s.kind for s in segments for _ in s.ids] + [TEXT] * len(suffix_ids)
-            rows.append((ids, kinds))
-            if media:
-                media_parts.append(media)
-        width = max(len(ids) for ids, _ in rows)
+    def collate(self, rows: list[TokenRow], left_pad: bool = True) -> tuple[ModelInputs, torch.Tensor]:
+        """Pad tokenised rows into a batch (left: the last column is every row's last token; right: GIC
+        targets) and compute positions; returns the inputs and the per-token kinds."""
+        width = max(len(r.ids) for r in rows)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        kinds_t = torch.zeros((len(rows), width), dtype=torch.long)
+        kinds = torch.zeros((len(rows), width), dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, (ids, kinds) in enumerate(rows):
-            input_ids[r, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            kinds_t[r, width - len(ids):] = torch.tensor(kinds, dtype=torch.long)
-            attention_mask[r, width - len(ids):] = 1
-        media = self.merge_media(media_parts) if media_parts else {}
-        position_ids = self.compute_position_ids(input_ids, attention_mask, kinds_t, media)
-        return ModelInputs(input_ids, attention_mask, position_ids, self.media_kwargs(media, kinds_t))
+        for r, row in enumerate(rows):
+            cols = slice(width - len(row.ids), width) if left_pad else slice(0, len(row.ids))
+            input_ids[r, cols] = torch.tensor(row.ids, dtype=torch.long)
+            kinds[r, cols] = torch.tensor(row.kinds, dtype=torch.long)
+            attention_mask[r, cols] = 1
+        parts = [r.media for r in rows if r.media]
+        media = self.merge_media(parts) if parts else {}
+        position_ids = self.compute_position_ids(input_ids, attention_mask, kinds, media)
+        return ModelInputs(input_ids, attention_mask, position_ids, self.media_kwargs(media, kinds)), kinds
+
+    def build_inputs(self, samples: list[Sample], suffix_ids: list[int], max_length: int) -> ModelInputs:
+        """Tokenise samples, append ``suffix_ids`` (the BToks) to each, left-pad, compute positions."""
+        return self.collate([self.tokenize(s, suffix_ids, max_length) for s in samples])[0]
 
     def media_kwargs(self, media: dict[str, torch.Tensor], kinds: torch.Tensor) -> dict[str, torch.Tensor]:
         """Extra kwargs the base model's forward needs (e.g. ``mm_token_type_ids``)."""
@@ -223,11 +288,12 @@ class Backbone:
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
         media: dict[str, torch.Tensor] | None = None,
-        past_key_values: Any = None,
+        cache: Any = None,
         use_cache: bool = False,
         output_attentions: bool = False,
     ) -> Any:
-        """Run the decoder (no LM head) with explicit positions; ``attention_mask`` may be 2-D or a 4-D mask."""
+        """Run the decoder (no LM head) with explicit positions; ``attention_mask`` may be 2-D or a 4-D mask.
+        The KV cache goes in as ``cache`` and comes back as ``.cache`` (transformers' current names)."""
         kwargs: dict[str, Any] = dict(media or {})
         if output_attentions:
             kwargs["output_attentions"] = True
@@ -235,7 +301,7 @@ class Backbone:
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             **kwargs,
         )

@@ -18,6 +18,7 @@ with this choice vs 21.0 keeping the first 12 and 3.0 for all 30; docs/results.m
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -39,6 +40,12 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from btoks.backbones.base import IMAGE, VIDEO, Backbone, Segment
+from btoks.backbones.mini_parts import (
+    EfficientNetFeatures,
+    efficientnet_state_dict,
+    preprocess_images,
+    smollm2_path,
+)
 
 MINI_NAME = "btoks-mini"
 DEFAULT_LAYERS = 10
@@ -47,6 +54,7 @@ DEFAULT_GRID = 3
 DEFAULT_VIDEO_FRAMES = 3
 IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
+SHIPPED_DELTA = Path(__file__).with_name("mini_delta.safetensors")
 
 
 @strict
@@ -80,24 +88,23 @@ class BToksMiniPreTrainedModel(PreTrainedModel):
     _no_split_modules: ClassVar[list[str]] = ["LlamaDecoderLayer"]
 
 
-class VisionTower(nn.Module):
+class VisionTower(EfficientNetFeatures):
     """EfficientNet-Lite0 features pooled to ``grid × grid`` cells: ``(N, 3, S, S) -> (N, grid², 1280)``.
 
     Kept in eval mode (BatchNorm statistics are pretrained and batches here are tiny).
     """
 
     def __init__(self, grid: int) -> None:
-        super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
 
-        self.net = EfficientNet.from_name("efficientnet-lite0")
+        super().__init__(EfficientNet.from_name("efficientnet-lite0"))
         self.grid = grid
 
     def train(self, mode: bool = True) -> VisionTower:
         return super().train(False)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        feats = F.adaptive_avg_pool2d(self.net.extract_features(pixel_values), self.grid)
+        feats = F.adaptive_avg_pool2d(super().forward(pixel_values), self.grid)
         return feats.flatten(2).transpose(1, 2)
 
 
@@ -139,16 +146,19 @@ class BToksMiniModel(BToksMiniPreTrainedModel):
         return embeds.masked_scatter(slots.unsqueeze(-1), feats.reshape(-1, feats.shape[-1]))
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, past_key_values: Any = None,
+                position_ids: torch.Tensor | None = None, cache: Any = None, past_key_values: Any = None,
                 inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
                 pixel_values: torch.Tensor | None = None, video_pixel_values: torch.Tensor | None = None,
                 **kwargs: Any) -> Any:
+        """``past_key_values`` is accepted as the older name of ``cache`` (passed on as ``cache``, so the
+        decoder does not warn on every call)."""
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
             inputs_embeds = self._merge(input_ids, inputs_embeds, pixel_values, self.config.image_token_id)
             inputs_embeds = self._merge(input_ids, inputs_embeds, video_pixel_values, self.config.video_token_id)
         return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                   position_ids=position_ids, past_key_values=past_key_values,
+                                   position_ids=position_ids,
+                                   cache=cache if cache is not None else past_key_values,
                                    use_cache=use_cache, **kwargs)
 
 
@@ -186,7 +196,7 @@ class BToksMiniForCausalLM(BToksMiniPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, self.config.text_config.vocab_size)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values,
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache,
                                       hidden_states=out.hidden_states, attentions=out.attentions)
 
 
@@ -227,9 +237,10 @@ class MiniBackbone(Backbone):
     def vision_token_ids(self) -> frozenset[int]:
         return frozenset({self.cfg.image_token_id, self.cfg.video_token_id})
 
-    def _pixels(self, images: list[Image.Image]) -> torch.Tensor:
-        from btoks.backbones.mini_parts import preprocess_images
+    def image_token_estimate(self, width: float, height: float) -> int:
+        return self.cfg.image_grid ** 2 + 2  # fixed resolution
 
+    def _pixels(self, images: list[Image.Image]) -> torch.Tensor:
         return preprocess_images(images, self.cfg.image_size)
 
     def _wrapped(self, token_id: int, frames: int, kind: int) -> Segment:
@@ -251,15 +262,16 @@ class MiniBackbone(Backbone):
 
 def load_mini(*, cache_dir: str | None = None, num_layers: int = DEFAULT_LAYERS, image_size: int = DEFAULT_IMAGE_SIZE,
               image_grid: int = DEFAULT_GRID, max_video_frames: int = DEFAULT_VIDEO_FRAMES, dtype: Any = None,
-              attn_implementation: str | None = "sdpa", seed: int = 0, **_: Any) -> MiniBackbone:
-    """Compose ``btoks-mini`` from the offline SmolLM2 and EfficientNet weights (projector: seeded random init).
+              attn_implementation: str | None = "sdpa", seed: int = 0, delta: str | Path | None = "shipped",
+              **_: Any) -> MiniBackbone:
+    """Compose ``btoks-mini`` from the offline SmolLM2 and EfficientNet weights, then apply the heal + align
+    ``delta`` (projector + merged decoder LoRA, see :mod:`btoks.backbones.mini_heal`).
 
-    The result is deterministic for given arguments, so an adapter saved on top of it reloads exactly. The
-    new special tokens' embedding rows start at the mean embedding (the image/video rows are overwritten by
-    features anyway).
+    ``delta="shipped"`` uses the delta packaged with btoks (when it matches ``num_layers``), a path uses that
+    file, ``None`` gives the raw composition (random projector, un-healed decoder). The result is deterministic
+    for given arguments, so an adapter saved on top of it reloads exactly. The new special tokens' embedding
+    rows start at the mean embedding (the image/video rows are overwritten by features anyway).
     """
-    from btoks.backbones.mini_parts import efficientnet_weights_path, smollm2_path
-
     text_dir = smollm2_path(cache_dir)
     text = LlamaForCausalLM.from_pretrained(text_dir, dtype=torch.float32)
     if not 1 <= num_layers <= text.config.num_hidden_layers:
@@ -296,13 +308,19 @@ def load_mini(*, cache_dir: str | None = None, num_layers: int = DEFAULT_LAYERS,
     old = state["embed_tokens.weight"]
     state["embed_tokens.weight"] = torch.cat([old, old.mean(0, keepdim=True).expand(len(tokenizer) - len(old), -1)])
     model.model.language_model.load_state_dict(state, strict=True)
-    vision = torch.load(efficientnet_weights_path(), map_location="cpu", weights_only=True)
-    model.model.vision_tower.net.load_state_dict(vision, strict=True)
+    model.model.vision_tower.net.load_state_dict(efficientnet_state_dict(), strict=True)
     model.tie_weights()
     model.generation_config = text.generation_config
+    backbone = MiniBackbone(model.eval(), tokenizer)
+    if delta == "shipped":
+        delta = SHIPPED_DELTA if num_layers == DEFAULT_LAYERS and SHIPPED_DELTA.is_file() else None
+    if delta is not None:
+        from btoks.backbones.mini_heal import apply_delta
+
+        apply_delta(backbone, delta)
     if dtype is not None:
         model.to(dtype)
-    return MiniBackbone(model.eval(), tokenizer)
+    return backbone
 
 
 __all__ = ["MINI_NAME", "BToksMiniConfig", "BToksMiniForCausalLM", "BToksMiniModel", "MiniBackbone", "load_mini"]

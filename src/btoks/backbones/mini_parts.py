@@ -171,6 +171,11 @@ def efficientnet_weights_path() -> Path:
     return found[0]
 
 
+def efficientnet_state_dict() -> dict[str, torch.Tensor]:
+    """The pretrained EfficientNet-Lite0 weights as plain tensors (``weights_only=True``: no pickled code)."""
+    return torch.load(efficientnet_weights_path(), map_location="cpu", weights_only=True)
+
+
 def efficientnet_lite0(pretrained: bool = True) -> EfficientNetFeatures:
     """EfficientNet-Lite0 mapping normalised ``(B, 3, 224, 224)`` images to ``(B, 1280, 7, 7)`` features.
 
@@ -180,11 +185,10 @@ def efficientnet_lite0(pretrained: bool = True) -> EfficientNetFeatures:
     """
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_name("efficientnet-lite0")
+    features = EfficientNetFeatures(EfficientNet.from_name("efficientnet-lite0"))
     if pretrained:
-        state = torch.load(efficientnet_weights_path(), map_location="cpu", weights_only=True)
-        net.load_state_dict(state, strict=True)
-    return EfficientNetFeatures(net).eval()
+        features.net.load_state_dict(efficientnet_state_dict(), strict=True)
+    return features.eval()
 
 
 def preprocess_images(
@@ -216,6 +220,7 @@ __all__ = [
     "EfficientNetFeatures",
     "cache_root",
     "efficientnet_lite0",
+    "efficientnet_state_dict",
     "efficientnet_weights_path",
     "preprocess_images",
     "smollm2_gguf_path",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
@@ -78,6 +79,25 @@ class QwenVLBackbone(Backbone):
     @property
     def vision_token_ids(self) -> frozenset[int]:
         return frozenset({self.image_token_id, self.video_token_id})
+
+    @property
+    def non_text_token_ids(self) -> frozenset[int]:
+        return frozenset({self.image_token_id, self.video_token_id, self.vision_start_id, self.vision_end_id})
+
+    @property
+    def max_image_pixels(self) -> int:
+        size = dict(getattr(self.image_processor, "size", None) or {})
+        return int(size.get("longest_edge", 28 * 28 * 1280))
+
+    def image_token_estimate(self, width: float, height: float) -> int:
+        """Placeholder count after the processor's resize (pixel budget) plus the start/end pair."""
+        size = dict(getattr(self.image_processor, "size", None) or {})
+        patch = getattr(self.image_processor, "patch_size", None) or 14
+        lo = int(size.get("shortest_edge", 56 * 56))
+        return int(min(max(width * height, lo), self.max_image_pixels) // (patch * patch * self.merge**2)) + 2
+
+    def extend_media(self, media: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
+        return {k: (F.pad(v, (0, width)) if k == "mm_token_type_ids" else v) for k, v in media.items()}
 
     @property
     def lora_target_modules(self) -> str:

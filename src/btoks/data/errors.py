@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from btoks.errors import BToksError
+
 OnError = Literal["raise", "skip"]
 
 # Machine-readable reasons (skip counters group by these).
@@ -31,7 +33,7 @@ NO_QRELS = "no_qrels"
 ENCODE_FAILED = "encode_failed"
 
 
-class InputError(ValueError):
+class InputError(BToksError, ValueError):
     """An input that cannot be used. ``str(err)`` reads ``dataset: row R: file: detail`` (or
     ``input I: ...`` for ``encode``), with the parts that are known."""
 

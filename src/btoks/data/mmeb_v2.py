@@ -49,9 +49,10 @@ def locate(spec: Any, data_root: str | Path) -> Path | None:
     as a folder or as ``<folder>.jsonl``/``.parquet``/...), or ``None``."""
     root = Path(data_root)
     names = [*(getattr(spec, "folders", ()) or ()), spec.path or spec.name]
+    beir = getattr(spec, "family", "") in ("vidore", "visrag") or getattr(spec, "format", "") == "visdoc"
     for name in names:
         p = root / name
-        if p.is_dir():
+        if p.is_dir() and (not beir or any(p.glob("corpus*"))):  # "docvqa" must not be the image set "DocVQA"
             return p
         for ext in TABLE_EXTENSIONS:
             if p.with_name(p.name + ext).is_file():
@@ -76,10 +77,11 @@ def split_tables(folder: Path, split: str) -> list[Path]:
                      file=folder, reason=MISSING)
 
 
-def media_dir(spec: Any, media_root: Path) -> Path:
-    """The first of the spec's published media folders that exists under ``media_root`` (else the first)."""
+def media_dir(spec: Any, media_root: Path, fallback: Path) -> Path:
+    """The first of the spec's published media folders that exists under ``media_root``; ``fallback`` (the
+    dataset's own folder, where older copies keep their media) when none does."""
     options = [media_root / m for m in getattr(spec, "media", ()) or ()]
-    return next((p for p in options if p.is_dir()), options[0] if options else media_root)
+    return next((p for p in options if p.is_dir()), fallback)
 
 
 def _rows(files: Sequence[Path]) -> Iterator[dict[str, Any]]:
@@ -101,17 +103,22 @@ def _image_query(row: dict[str, Any]) -> SampleSpec:
                      images=[img] if img else [])
 
 
-def _text_candidates(row: dict[str, Any]) -> LocalRow:
-    """Classification, VQA and image->text: candidates are the ``tgt_text`` strings as they are (no target
-    instruction), named by their text, the first is the answer."""
-    texts = [str(t) for t in row["tgt_text"]]
-    return LocalRow(_image_query(row), [_answer(t) for t in texts], texts, {texts[0]: 1.0})
-
-
 def _answer(text: str) -> SampleSpec:
     """A candidate answer; a blank one is still a candidate (OK-VQA has them) and is embedded as one space,
     since an input without any token has nothing to pool."""
     return make_spec(text=text if text.strip() else " ")
+
+
+def _text_candidates(spec: Any) -> Parse:
+    """Classification, VQA and image->text: candidates are the ``tgt_text`` strings as they are (no target
+    instruction), named by their text, the first is the answer."""
+    specs: dict[str, SampleSpec] = {}  # a 1000-label set repeats the same strings on every row: build each once
+
+    def parse(row: dict[str, Any]) -> LocalRow:
+        texts = [str(t) for t in row["tgt_text"]]
+        cands = [specs.get(t) or specs.setdefault(t, _answer(t)) for t in texts]
+        return LocalRow(_image_query(row), cands, texts, {texts[0]: 1.0})
+    return parse
 
 
 def _image_candidates(row: dict[str, Any], name: Callable[[str, str], str]) -> tuple[list[SampleSpec], list[str]]:
@@ -286,9 +293,9 @@ def _momentseeker(spec: Any) -> Parse:
 
 
 _FAMILIES: dict[str, Callable[..., Parse]] = {
-    "image_cls": lambda spec: _text_candidates,
-    "image_qa": lambda spec: _text_candidates,
-    "image_i2t": lambda spec: _text_candidates,
+    "image_cls": _text_candidates,
+    "image_qa": _text_candidates,
+    "image_i2t": _text_candidates,
     "image_t2i": _t2i,
     "image_i2i_vg": _i2i_vg,
     "video_cls": _video_cls,
@@ -345,9 +352,10 @@ def read_dataset(spec: Any, data_root: str | Path, *, media_root: str | Path | N
     if folder is None:
         tried = ", ".join(str(root / f) for f in spec.folders)
         raise InputError(f"published files not found (looked for {tried})", dataset=spec.name, reason=MISSING)
-    mdir = media_dir(spec, Path(media_root) if media_root is not None else root)
+    mdir = media_dir(spec, Path(media_root) if media_root is not None else root,
+                     folder if folder.is_dir() else folder.parent)
     if spec.family in ("vidore", "visrag"):
-        return read_visdoc(folder, dataset=spec.name, root=mdir if spec.media else folder, media=media,
+        return read_visdoc(folder, dataset=spec.name, root=mdir, media=media,
                            query_instruction=spec.query_instruction, target_instruction=spec.target_instruction,
                            language=spec.language, on_error=on_error, check=check, limit=limit,
                            progress=progress)
@@ -371,14 +379,4 @@ def read_dataset(spec: Any, data_root: str | Path, *, media_root: str | Path | N
     return build_local(spec.name, mconf, log, parsed, corpus)
 
 
-def frame_folders(ev: EvalLocal | EvalGlobal) -> list[str]:
-    """Every video referenced by a read dataset (for ``btoks data check``)."""
-    specs = list(ev.queries.specs)
-    if isinstance(ev, EvalLocal):
-        specs += [s for c in ev.candidates for s in c.specs]
-    else:
-        specs += list(ev.corpus.specs)
-    return sorted({s.video for s in specs if s.video})
-
-
-__all__ = ["frame_folders", "locate", "media_dir", "read_dataset", "split_tables"]
+__all__ = ["locate", "media_dir", "read_dataset", "split_tables"]

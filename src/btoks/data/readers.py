@@ -158,11 +158,16 @@ class _Interner:
         self.media, self.check = media, check
         self._specs: dict[tuple, SampleSpec] = {}
         self._raw: dict[Any, SampleSpec] = {}
-        self._errors: dict[int, InputError | bool | None] = {}  # by id() of interned specs (kept alive)
+        self._errors: dict[int, InputError | bool | None] = {}
+        self._by_id: dict[int, SampleSpec] = {}  # by id() of interned specs (kept alive)
 
     def __call__(self, spec: SampleSpec) -> SampleSpec:
+        if self._by_id.get(id(spec)) is spec:  # already interned: skip building its key
+            return spec
         key = (*spec.key(), spec.id, spec.target)
-        return self._specs.setdefault(key, spec)
+        hit = self._specs.setdefault(key, spec)
+        self._by_id[id(hit)] = hit
+        return hit
 
     def build(self, raw: Any, make: Any) -> SampleSpec:
         """``make()`` once per distinct raw cell tuple (unhashable cells are built every time)."""
@@ -584,13 +589,17 @@ def read_train(
     check: CheckLevel = "header",
     limit: int | None = None,
     progress: bool | None = None,
+    prompt_style: str = "btoks",
 ) -> TrainSet:
     """Read MMEB-train rows (``qry``, ``qry_image_path``, ``pos_text``, ``pos_image_path``, ``neg_text``,
     ``neg_image_path``) or generic ``{"query", "positive", "negative"}`` rows into a :class:`TrainSet`.
 
     Media paths are relative to ``root`` (default: the table's folder). ``ntp_side`` fills ``Sample.target``
-    from the other side's text (markers removed) for the generative loss.
+    from the other side's text (markers removed) for the generative loss. ``prompt_style="authors"`` renders
+    MMEB-train text as the authors' loader does for this subset (``btoks.data.authors_prompts``).
     """
+    if prompt_style not in ("btoks", "authors"):
+        raise ValueError(f"prompt_style must be btoks|authors, not {prompt_style!r}")
     if ntp_side not in ("positive", "query", "both", "none"):
         raise ValueError(f"ntp_side must be positive|query|both|none, not {ntp_side!r}")
     path = Path(path)
@@ -599,6 +608,10 @@ def read_train(
     log, interner = SkipLog(name), _Interner(media, check)
 
     def parse(row: dict[str, Any], idx: int) -> TrainPairSpec:
+        if prompt_style == "authors" and "qry" in row:
+            from btoks.data.authors_prompts import render_mmeb_train
+
+            row = render_mmeb_train(row, name)
         q, p, n = _train_row(row, idx)
         q, p = _with_targets(q, p, ntp_side, _str(row.get("ntp_target")).strip() or None)
         q, p, n = interner(q), interner(p), (interner(n) if n else None)

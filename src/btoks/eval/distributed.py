@@ -1,6 +1,6 @@
 """Multi-process evaluation: each process embeds a contiguous shard of every side, all gather the embeddings.
 
-Started by ``torchrun --nproc-per-node N -m btoks.cli eval ...`` or ``accelerate launch -m btoks.cli eval ...``
+Started by ``torchrun --nproc-per-node N -m btoks.cli eval ...`` or ``accelerate launch --multi_gpu -m btoks.cli ...``
 (both set ``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR``), :func:`from_env` joins the process group (NCCL on GPUs,
 gloo on CPUs). Shards are contiguous and gathered in rank order, so the full embedding matrix, and therefore
 every score, is the one a single process computes; process 0 alone writes results, caches and summaries.

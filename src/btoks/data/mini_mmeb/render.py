@@ -248,15 +248,3 @@ def paginate(text: str, font: Any, width: int, lines_per_page: int) -> list[list
     if current:
         lines.append(" ".join(current))
     return [lines[i : i + lines_per_page] for i in range(0, len(lines), lines_per_page)] or [[]]
-
-
-def render_page(lines: Sequence[str], page: int, pages: int) -> Image.Image:
-    img = Image.new("RGB", PAGE_SIZE, "white")
-    draw = ImageDraw.Draw(img)
-    body, foot = page_font(11), page_font(8)
-    y = 10
-    for line in lines:
-        draw.text((10, y), line, fill=(20, 20, 20), font=body)
-        y += 13
-    draw.text((PAGE_SIZE[0] - 40, PAGE_SIZE[1] - 14), f"{page}/{pages}", fill=(90, 90, 90), font=foot)
-    return img

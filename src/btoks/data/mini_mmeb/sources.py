@@ -258,10 +258,3 @@ class Sources:
         train = [" ".join(d.split()) for d in train if d.strip()]
         held = set(test)
         return {"test": test, "train": [d for d in train if d not in held]}
-
-    @cached_property
-    def lee_similarity(self) -> np.ndarray:
-        """Mean human similarity (0..1) between the 50 Lee documents (upper triangle, symmetrised)."""
-        path = package_dir("gensim") / "test" / "test_data" / "similarities0-1.txt"
-        m = np.loadtxt(path)
-        return np.triu(m, 1) + np.triu(m, 1).T
