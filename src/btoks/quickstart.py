@@ -96,11 +96,11 @@ def shape_labels(data: Path) -> dict[str, str]:
 def search_report(index: Path, model_dir: Path, labels: dict[str, str], queries: tuple[str, ...] = SEARCH_QUERIES,
                   k: int = 3) -> list[dict[str, Any]]:
     """Top-``k`` hits per query with their true labels, and whether each hit has the asked colour and kind."""
-    from btoks.model import BToksModel
+    from btoks.loading import load
     from btoks.serve.index import Index
 
     idx = Index.load(index)
-    model = BToksModel.from_pretrained(model_dir, merge=True)
+    model = load(model_dir, merge=True)
     report = []
     for query in queries:
         words = set(query.split())
