@@ -106,7 +106,7 @@ def search_report(index: Path, model_dir: Path, labels: dict[str, str], queries:
         words = set(query.split())
         hits = []
         for hit in idx.search(model, query, k=k, instruction=SEARCH_INSTRUCTION):
-            label = labels.get(Path(hit.source).name, "?")
+            label = labels.get(Path(hit.source).name, "(no label: its easy-vqa answers leave colour or shape open)")
             hits.append({"rank": hit.rank, "score": round(hit.score, 4), "file": Path(hit.source).name,
                          "label": label, "match": all(w in label.split() for w in words - {"a"})})
         report.append({"query": query, "hits": hits, "matches": sum(h["match"] for h in hits)})
@@ -125,8 +125,11 @@ def print_search(report: list[dict[str, Any]]) -> None:
 def search_example(model_dir: Path, data: Path, out: Path) -> list[dict[str, Any]]:
     """Index the mini-MMEB test shape images with the BToks model via the CLI, then search them by caption
     (with the instructions the t2i training set used) and report the top 3 with their true labels."""
+    import logging
+
     from btoks.cli import main as btoks
 
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its per-CPU-variant INFO lines are noise here
     images = data / "images" / "easyvqa" / "test"
     index = out / "index"
     argv = ["index", str(model_dir), str(images), "--out", str(index), "--instruction", INDEX_INSTRUCTION]
