@@ -34,3 +34,16 @@ def test_shipped_architecture_is_qwen2_vl_2b() -> None:
     assert cfg.tie_word_embeddings
     cut = arch_config(layers=1, vision_depth=2)
     assert cut.text_config.num_hidden_layers == 1 and cut.vision_config.depth == 2
+
+
+def test_a_failing_part_is_reported_and_the_rest_still_runs(tmp_path: Path, monkeypatch) -> None:
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore detail")
+
+    monkeypatch.setattr(gpucheck, "encode_throughput", broken)
+    code = gpucheck.main(["--tiny", "--no-two-process", "--steps", "1", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert code == 1 and not report["ok"]
+    assert report["encode"] == {"error": "RuntimeError: CUDA out of memory. Tried to allocate 20.00 GiB"}
+    assert report["gic_agreement"]["agree"] and report["train"]["sdpa"]["finite"]
+    assert "**FAIL**" in (tmp_path / "report.md").read_text()

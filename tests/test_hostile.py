@@ -324,6 +324,39 @@ def test_server_refuses_bad_images_and_oversized_requests(served) -> None:
     assert r.status_code == 400 and r.json()["error"]["message"].startswith("malformed JSON")
 
 
+def test_image_slots_bound_the_images_held_server_wide() -> None:
+    import asyncio
+
+    from btoks.serve.batcher import ImageSlots
+    from btoks.serve.protocol import ApiError
+
+    async def run() -> list[int]:
+        slots, codes = ImageSlots(capacity=3, wait_s=0.05), []
+        async with slots.hold(2):
+            for n in (2, 4):  # 2 more do not fit while 2 are held: wait, then 503; 4 never fit: 413
+                try:
+                    async with slots.hold(n):
+                        codes.append(200)
+                except ApiError as e:
+                    codes.append(e.status)
+            async with slots.hold(1):
+                codes.append(slots.used)
+        slots.wait_s = 60.0  # no timing in what follows: the waiter is released by the holder, not a clock
+        waiter = asyncio.create_task(_hold(slots, 3))  # needs every slot: waits until the holder below is done
+        async with slots.hold(1):
+            await asyncio.sleep(0.01)
+            codes.append(int(waiter.done()))
+        await waiter
+        return [*codes, slots.used]
+
+    assert asyncio.run(run()) == [503, 413, 3, 0, 0]
+
+
+async def _hold(slots, n: int) -> None:
+    async with slots.hold(n):
+        pass
+
+
 def test_slow_client_gets_408_and_does_not_block_others(served) -> None:
     import socket
 

@@ -168,3 +168,13 @@ def test_presets_never_write_into_the_quickstart_folders():
         out = Path(yaml.safe_load(preset_path(name).read_text())["output_dir"])
         assert not out.is_relative_to(quickstart_out), (name, out)
         assert all(out != Path(quickstart_out, arm.name) for arm in ARMS)
+
+
+def test_settings_added_since_a_run_was_recorded_do_not_block_its_resume(tmp_path):
+    from btoks.train.rundir import ConfigMismatchError, check_same_run, prepare
+
+    cfg = _cfg(tmp_path).to_dict()
+    prepare(tmp_path, cfg, resume=True)
+    check_same_run(tmp_path, {**cfg, "a_setting_added_later": 3})  # the record predates it: same run
+    with pytest.raises(ConfigMismatchError, match=r"seed 42 → 7"):
+        check_same_run(tmp_path, {**cfg, "seed": 7})

@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -283,7 +284,9 @@ def two_process_step(s: Settings) -> dict[str, Any] | None:
     batch = prepare_batch(model, *pairs_for(s, s.batch, seed=300), chunk_size=s.chunk).to(s.device)
     compute_gradients(model, batch, model.config.gen_weight)
     single = _flat_grads(model).cpu()
-    del model
+    del model, batch
+    if s.device.startswith("cuda"):
+        torch.cuda.empty_cache()  # rank 0 shares this GPU
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -316,63 +319,91 @@ def _num(v: Any, fmt: str = ".2f") -> str:
     return "n/a" if v is None else format(v, fmt)
 
 
+def _error(part: Any) -> str | None:
+    return part.get("error") if isinstance(part, dict) else None
+
+
 def markdown(report: dict[str, Any]) -> str:
     s, env = report["settings"], report["environment"]
-    model = "tiny Qwen2-VL (CPU, --tiny)" if s["tiny"] else "Qwen2-VL-2B shape, random weights" + (
-        f", cut to {s['layers']} layers / {s['vision_depth']} vision blocks" if s["layers"] or s["vision_depth"] else "")
+    cut = f", cut to {s['layers']} layers / {s['vision_depth']} vision blocks" \
+        if s["layers"] or s["vision_depth"] else ""
+    model = "tiny Qwen2-VL (CPU, --tiny)" if s["tiny"] else f"Qwen2-VL-2B shape, random weights{cut}"
     lines = [f"# btoks gpu-check ({model})", "",
              f"- device: {env.get('gpu', env['device'])}; torch {env['torch']}, transformers "
              f"{env['transformers']}, flash_attn {'yes' if env['flash_attn'] else 'no'}",
              f"- recipe: K=4, GIC cache path, DoRA r16 (dropout {s['lora_dropout']}), bf16, batch {s['batch']} "
-             f"in GradCache chunks of {s['chunk']}, {s['steps']} timed steps after 1 warm-up", "",
-             "| attention | step (s) | tokens/s | " + " | ".join(f"peak {p} (GiB)" for p in PHASES) + " |",
+             f"in GradCache chunks of {s['chunk']} (sorted by length), {s['steps']} timed steps after 1 warm-up",
+             "", "| attention | step (s) | tokens/s | " + " | ".join(f"peak {p} (GiB)" for p in PHASES) + " |",
              "|---|---|---|" + "---|" * len(PHASES)]
     for attn, r in report["train"].items():
+        if _error(r):
+            lines.append(f"| {attn} | **error**: {_error(r)} |" + " |" * (len(PHASES) + 1))
+            continue
         peaks = " | ".join(_num(r["peak_gib"][p]) for p in PHASES)
         lines.append(f"| {attn} | {r['mean_step_s']:.2f} | {r['tokens_per_s']:.0f} | {peaks} |")
     e = report["encode"]
-    lines += ["", f"Encode at batch {s['encode_batch']}: images {e['image_samples_per_s']:.1f} samples/s "
+    lines += ["", f"Encode: **error** {_error(e)}" if _error(e) else
+              f"Encode at batch {s['encode_batch']}: images {e['image_samples_per_s']:.1f} samples/s "
               f"({e['image_tokens_per_sample']:.0f} tokens each), texts {e['text_samples_per_s']:.1f} samples/s "
               f"({e['text_tokens_per_sample']:.0f} tokens each).", ""]
     g = report["gic_agreement"]
-    lines.append(f"GIC cache vs mask (bf16): loss {g['loss_cache']:.4f} vs {g['loss_mask']:.4f} "
+    lines.append(f"GIC cache vs mask: **error** {_error(g)}" if _error(g) else
+                 f"GIC cache vs mask (bf16): loss {g['loss_cache']:.4f} vs {g['loss_mask']:.4f} "
                  f"(rel. diff {g['loss_rel_diff']:.2e}), embedding min cosine {g['embedding_min_cosine']:.4f}, "
                  f"gradient cosine {g['grad_cosine']:.4f}: {'agree' if g['agree'] else '**DISAGREE**'}.")
     t = report["two_process"]
-    lines.append("2-process step vs 1 process: " + (
-        ("not run (--no-two-process)." if not s["two_process"] else "skipped (fewer than 2 GPUs).")
-        if t is None else
-        f"gradient cosine {t['grad_cosine']:.5f}, relative difference {t['grad_rel_diff']:.2e}: "
-        f"{'equal' if t['equal'] else '**DIFFERENT**'}."))
+    if t is None:
+        two = "not run (--no-two-process)." if not s["two_process"] else "skipped (fewer than 2 GPUs)."
+    elif _error(t):
+        two = f"**error** {_error(t)}"
+    else:
+        two = (f"gradient cosine {t['grad_cosine']:.5f}, relative difference {t['grad_rel_diff']:.2e}: "
+               f"{'equal' if t['equal'] else '**DIFFERENT**'}.")
+    lines.append("2-process step vs 1 process: " + two)
     lines.append(f"\nOverall: {'PASS' if report['ok'] else '**FAIL**'} ({report['wall_s']:.0f} s).")
     return "\n".join(lines) + "\n"
+
+
+def _train_fresh(s: Settings, attn: str) -> dict[str, Any]:
+    return train_steps(build_model(s, attn), s)
+
+
+def _attempt(fn: Callable[[], Any], device: str) -> Any:
+    """Run one part of the check; a failure is recorded (one line) so the other parts and the report still
+    come out of a scarce GPU session."""
+    try:
+        return fn()
+    except Exception as e:
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
 
 
 def run_check(s: Settings, progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Run every part of the check and write ``report.json`` / ``report.md`` under ``s.out``."""
     started = time.perf_counter()
     report: dict[str, Any] = {"settings": asdict(s), "environment": environment(s), "train": {}}
-    model = None
     for attn in attention_kernels():
         progress(f"training steps ({attn})")
-        model = build_model(s, attn)
-        report["train"][attn] = train_steps(model, s)
-        if attn != "sdpa":
-            del model
-            model = None
-    model = model or build_model(s, "sdpa")
+        report["train"][attn] = _attempt(partial(_train_fresh, s, attn), s.device)
+        if s.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    model = build_model(s, "sdpa")
     progress("encode throughput")
-    report["encode"] = encode_throughput(model, s)
+    report["encode"] = _attempt(partial(encode_throughput, model, s), s.device)
     progress("GIC cache vs mask")
-    report["gic_agreement"] = gic_agreement(model, s)
+    report["gic_agreement"] = _attempt(partial(gic_agreement, model, s), s.device)
     del model
     if s.device.startswith("cuda"):
         torch.cuda.empty_cache()
     progress("2-process step")
-    report["two_process"] = two_process_step(s) if s.two_process else None
+    report["two_process"] = _attempt(lambda: two_process_step(s), s.device) if s.two_process else None
     report["wall_s"] = time.perf_counter() - started
-    report["ok"] = all(r["finite"] for r in report["train"].values()) and report["gic_agreement"]["agree"] \
-        and (report["two_process"] is None or report["two_process"]["equal"])
+    train_ok = all(not _error(r) and r["finite"] for r in report["train"].values())
+    gic_ok = not _error(report["gic_agreement"]) and report["gic_agreement"]["agree"]
+    two = report["two_process"]
+    report["ok"] = train_ok and gic_ok and not _error(report["encode"]) and (
+        two is None or (not _error(two) and two["equal"]))
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
@@ -397,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     s = Settings.for_mode(args.tiny, out=args.out, steps=args.steps, batch=args.batch, chunk=args.chunk,
                           lora_dropout=args.lora_dropout, two_process=False if args.no_two_process else None,
-                          device=args.device, encode_batch=args.encode_batch, layers=args.layers, vision_depth=args.vision_depth)
+                          device=args.device, encode_batch=args.encode_batch, layers=args.layers,
+                          vision_depth=args.vision_depth)
     if s.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu-check: no CUDA device; use --tiny (or --device cpu) for a CPU run", file=sys.stderr)
         return 2

@@ -178,7 +178,7 @@ class BToksModel(nn.Module):
         Adapters are kept in the model's dtype: peft's default (``autocast_adapter_dtype=True``) upcasts them to
         fp32 on a bf16 model, which makes every adapter activation saved for backward fp32 (+45 % saved bytes
         per chunk at Qwen2-VL-2B's shape, docs/benchmarks.md). With ``dora`` and ``dropout > 0`` peft runs
-        each base linear layer a second time on the dropped-out input (1.4x a step's FLOPs at that shape).
+        each base linear layer a second time on the dropped-out input (1.54x a step's FLOPs at that shape).
         """
         from peft import LoraConfig, get_peft_model
 

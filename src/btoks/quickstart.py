@@ -25,6 +25,7 @@ from btoks.data.mini_mmeb import build_mini_mmeb, describe
 from btoks.eval.compare import compare
 from btoks.eval.runner import evaluate
 from btoks.train.config import TrainConfig
+from btoks.train.rundir import check_same_run
 
 BASELINE = ["btoks.num_btoks=0", "btoks.pooling=last", "btoks.gen_weight=0"]
 
@@ -61,6 +62,8 @@ def train_arm(preset: str, arm: Arm, out: Path, data: Path, extra: list[str]) ->
     cfg = TrainConfig.from_yaml(preset, [*arm.overrides, f"output_dir={out / arm.name}", f"data_root={data}",
                                          *extra])
     model_dir = Path(cfg.output_dir) / "model"
+    check_same_run(Path(cfg.output_dir), cfg.to_dict(),
+                   "re-run with --fresh to start over, or give another --out folder")
     if (model_dir / "btoks_config.json").is_file():
         print(f"{arm.label}: trained model found in {model_dir}")
         return model_dir
@@ -93,11 +96,11 @@ def shape_labels(data: Path) -> dict[str, str]:
 def search_report(index: Path, model_dir: Path, labels: dict[str, str], queries: tuple[str, ...] = SEARCH_QUERIES,
                   k: int = 3) -> list[dict[str, Any]]:
     """Top-``k`` hits per query with their true labels, and whether each hit has the asked colour and kind."""
-    from btoks.model import BToksModel
+    from btoks.loading import load
     from btoks.serve.index import Index
 
     idx = Index.load(index)
-    model = BToksModel.from_pretrained(model_dir, merge=True)
+    model = load(model_dir, merge=True)
     report = []
     for query in queries:
         words = set(query.split())

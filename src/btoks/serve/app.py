@@ -39,7 +39,7 @@ from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from btoks.encode import EncodeOptions, decode_budget, encode
-from btoks.serve.batcher import ImageSlots, MicroBatcher, pin_mmap_threshold, release_memory
+from btoks.serve.batcher import ImageSlots, MicroBatcher, release_memory
 from btoks.serve.protocol import (
     ApiError,
     EmbeddingRequest,
@@ -117,12 +117,13 @@ def _model_name(model: BToksModel, path: str | None) -> str:
 
 
 def _with_instruction(x: Any, instruction: str | None) -> Any:
+    """An encode input (text, PIL image or dict) with ``instruction`` prepended."""
     if not instruction:
         return x
     if isinstance(x, dict):
         return {**x, "instruction": instruction}
-    return {"image": x, "instruction": instruction} if isinstance(x, Image.Image) else {"text": x,
-                                                                                          "instruction": instruction}
+    key = "image" if isinstance(x, Image.Image) else "text"
+    return {key: x, "instruction": instruction}
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -355,7 +356,6 @@ def serve(
             host,
             port,
         )
-    pin_mmap_threshold()  # this process is only a server: large image buffers go back to the OS when freed
     app = create_app(model, index_dir, api_key, **app_kwargs)
     uvicorn.run(
         app,

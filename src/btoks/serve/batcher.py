@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_M_MMAP_THRESHOLD = -3
 
 
 @cache
@@ -50,17 +49,6 @@ def release_memory() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
-
-
-def pin_mmap_threshold(nbytes: int = 1 << 20) -> None:
-    """Serve blocks of ``nbytes`` and more straight from mmap, so freeing them returns them to the OS.
-
-    glibc raises this threshold each time a large mmapped block is freed (up to 32 MiB), after which decoded
-    image buffers come from arenas and stay there. Call once in a process that is only a server.
-    """
-    libc = _libc()
-    if libc is not None and hasattr(libc, "mallopt"):
-        libc.mallopt(_M_MMAP_THRESHOLD, nbytes)
 
 
 def _then_release(fn: Callable[[], T]) -> T:
@@ -214,4 +202,4 @@ class MicroBatcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-__all__ = ["ImageSlots", "MicroBatcher", "pin_mmap_threshold", "release_memory"]
+__all__ = ["ImageSlots", "MicroBatcher", "release_memory"]

@@ -610,10 +610,10 @@ def build_index(
         raise ValueError(f"unknown index type {index_type!r}; expected one of {', '.join(INDEX_TYPES)}")
     check_chunking(chunk_chars, chunk_overlap)
     if isinstance(model, str | Path):
-        from btoks.model import BToksModel
+        from btoks.loading import load
 
         model_path = model_path or str(Path(model).resolve())
-        model = BToksModel.from_pretrained(model, merge=True)
+        model = load(model, merge=True)
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     roots = [Path(s).expanduser().resolve() for s in sources]

@@ -14,7 +14,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", help="where checkpoints, log.jsonl and the final model/ go "
                                         "(default: output_dir from the preset)")
     p.add_argument("--no-resume", action="store_true",
-                   help="start from scratch even if OUTPUT_DIR/checkpoints has a checkpoint")
+                   help="start from scratch: delete the checkpoints and log.jsonl of the run already in OUTPUT_DIR "
+                        "(without it a run resumes, and a changed configuration is refused)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
     from btoks.train.config import FIELD_HELP
 

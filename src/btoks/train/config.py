@@ -187,7 +187,7 @@ FIELD_HELP = {
     "examples": "built-in example sets instead of data (shapes,text)",
     "lora / lora_r / lora_alpha / lora_dropout / dora": "LoRA(+DoRA) on the LLM projections; false = full FT. "
         "DoRA with lora_dropout > 0 (the paper's 0.05) re-runs every wrapped base layer on the dropped-out input: "
-        "~1.4x a step's FLOPs at Qwen2-VL-2B's shape; lora_dropout=0 avoids it (docs/benchmarks.md)",
+        "1.54x a step's FLOPs at Qwen2-VL-2B's shape; lora_dropout=0 avoids it (docs/benchmarks.md, table 7)",
     "lr / weight_decay / warmup_steps / max_steps": "AdamW with linear warmup and decay",
     "batch_size": "pairs per process per step (negatives are gathered across processes)",
     "grad_cache_chunk": "GradCache chunk size (null: no GradCache)",

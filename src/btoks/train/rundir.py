@@ -2,10 +2,11 @@
 
 Without this, ``btoks train`` resumed from whatever checkpoint sat in ``output_dir``: a changed ``num_btoks``
 crashed on a tensor shape, a changed λ or lr resumed silently, and the saved model then claimed a configuration
-the run mostly did not use. Here every checkpoint (``trainer.json``) and ``train_config.json`` carry the
-fingerprint of the settings that change what is trained; a different one is refused with a message that says
-how to start fresh or pick another folder. Leftovers of a killed run (half-written checkpoints and models) are
-removed, and ``log.jsonl`` is cut back to the resumed step so no step is logged twice.
+the run mostly did not use. Here every checkpoint (``trainer.json``) and ``train_config.json`` record the
+settings that change what is trained (and their fingerprint); resuming with any of them changed is refused with
+a message that names them and says how to start fresh or pick another folder. Leftovers of a killed run
+(half-written checkpoints and models) are removed, and ``log.jsonl`` is cut back to the resumed step so no step
+is logged twice.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 RUN_ONLY = frozenset({"output_dir", "resume", "log_every", "save_every", "keep_checkpoints"})
 """Fields that change where and how often a run writes, not what it trains: free to change on resume."""
 CONFIG_FILE, LOG_FILE = "train_config.json", "log.jsonl"
+_HINT = ("to start fresh there and delete its checkpoints use --no-resume (resume=false), or choose another folder "
+         "with --output-dir DIR (output_dir=DIR)")
 
 
 class ConfigMismatchError(BToksError):
@@ -53,10 +56,14 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def differences(old: dict[str, Any], new: dict[str, Any], limit: int = 6) -> str:
-    """``key old → new`` for the first ``limit`` differing (dotted) keys of two config dicts."""
+    """``key old → new`` for the first ``limit`` differing (dotted) keys of two config dicts; "" if none.
+
+    Only keys both record are compared: a setting added to (or dropped from) btoks since ``old`` was written
+    does not make an older run a different one.
+    """
     a, b = _flatten(identity(old)), _flatten(identity(new))
-    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-    parts = [f"{k} {a.get(k)!r} → {b.get(k)!r}" for k in keys[:limit]]
+    keys = sorted(k for k in a.keys() & b.keys() if a[k] != b[k])
+    parts = [f"{k} {a[k]!r} → {b[k]!r}" for k in keys[:limit]]
     return ", ".join(parts) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
@@ -89,6 +96,16 @@ def clean_stale(out: Path) -> list[Path]:
     return stale
 
 
+def check_same_run(out: Path, cfg_dict: dict[str, Any], hint: str = _HINT) -> None:
+    """Raise :class:`ConfigMismatchError` when ``out`` records a run of another configuration."""
+    recorded = _recorded(out)
+    diff = differences(recorded[0], cfg_dict) if recorded is not None else ""
+    if recorded is not None and diff:
+        raise ConfigMismatchError(
+            f"{out} holds a training run with a different configuration ({diff}; recorded in {recorded[1]}); {hint}"
+        )
+
+
 def prepare(out: Path, cfg_dict: dict[str, Any], resume: bool) -> None:
     """Make ``out`` ready for this configuration (main process only; call before resuming).
 
@@ -97,14 +114,9 @@ def prepare(out: Path, cfg_dict: dict[str, Any], resume: bool) -> None:
     """
     out.mkdir(parents=True, exist_ok=True)
     clean_stale(out)
-    recorded = _recorded(out)
-    if resume and recorded is not None and fingerprint(recorded[0]) != fingerprint(cfg_dict):
-        raise ConfigMismatchError(
-            f"{out} holds a training run with a different configuration ({differences(recorded[0], cfg_dict)}; "
-            f"recorded in {recorded[1]}); to start fresh there and delete its checkpoints use --no-resume "
-            "(resume=false), or choose another folder with --output-dir DIR (output_dir=DIR)"
-        )
-    if not resume:
+    if resume:
+        check_same_run(out, cfg_dict)
+    else:
         if (out / "checkpoints").exists():
             log.info("resume=false: deleting the previous run's checkpoints in %s", out / "checkpoints")
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
