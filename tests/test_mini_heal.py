@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 import torch
 
-from btoks.backbones import mini_heal, mini_parts
+from btoks.backbones import load_backbone, mini_heal, mini_parts
 from btoks.backbones.composed import SHIPPED_DELTA, load_mini
 from btoks.backbones.mini_heal import (
     HealConfig,
@@ -76,14 +76,20 @@ def test_a_few_heal_steps_lower_the_loss(smollm2_dir, examples) -> None:
 
 
 @pytest.mark.skipif(not SHIPPED_DELTA.is_file(), reason="no shipped delta in this checkout")
-def test_shipped_delta_is_reused_and_heals(smollm2_dir, mini_mmeb_quick, monkeypatch) -> None:
+def test_shipped_delta_is_reused_and_heals(btoks_cache, smollm2_dir, mini_mmeb_quick, monkeypatch) -> None:
     def boom(*_a, **_k):
         raise AssertionError("load_mini must not heal or re-convert: the delta and the cache are reused")
 
     monkeypatch.setattr(mini_parts, "_convert_gguf", boom)  # the session cache already holds SmolLM2
     monkeypatch.setattr(mini_heal, "heal", boom)
-    mini = load_mini(cache_dir=smollm2_dir.parent)
-    meta = delta_meta(SHIPPED_DELTA)
-    assert meta["heldout_ce_after"]["_all"] <= 4.0
+    mini = load_backbone("btoks-mini-healed")
+    aligned, raw = load_backbone("btoks-mini-aligned"), load_backbone("btoks-mini")
+    q = "language_model.layers.9.self_attn.q_proj.weight"
+    params = [dict(b.model.model.named_parameters()) for b in (mini, aligned, raw)]
+    assert torch.equal(params[1][q], params[2][q]) and not torch.equal(params[0][q], params[2][q])
+    p = "projector.1.weight"
+    assert torch.equal(params[0][p], params[1][p]) and not torch.equal(params[1][p], params[2][p])
+    after = delta_meta(SHIPPED_DELTA)["heldout_ce_after"]
+    assert max(v for k, v in after.items() if k.startswith("mini-")) <= 4.0  # per held-out set, as measured
     held = mini_mmeb_examples(mini_mmeb_quick, "test", limit_per_set=2)
     assert heldout_ce(mini, held)["_all"] <= 4.0  # the LM predicts held-out captions/answers

@@ -63,7 +63,7 @@ def _train_media(row: dict[str, Any]) -> list[str]:
 def test_manifest_covers_all_meta_tasks(quick) -> None:
     root, manifest = quick
     assert json.loads((root / "manifest.json").read_text()) == manifest
-    assert (manifest["name"], manifest["version"], manifest["seed"]) == ("mini-mmeb", 1, 0)
+    assert (manifest["name"], manifest["version"], manifest["seed"]) == ("mini-mmeb", 2, 0)
     assert {(d["modality"], d["meta_task"]) for d in manifest["datasets"]} == META_TASKS
     names = [d["name"] for d in manifest["datasets"]]
     assert len(set(names)) == len(names) and all(n.startswith("mini-") for n in names)

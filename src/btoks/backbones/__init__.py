@@ -12,7 +12,7 @@ from transformers import AutoConfig
 
 from btoks.backbones.base import Backbone, ModelInputs, Segment
 from btoks.backbones.causal_lm import CausalLMBackbone
-from btoks.backbones.composed import MINI_NAME, MiniBackbone, load_mini
+from btoks.backbones.composed import MINI_NAME, MINI_VARIANTS, MiniBackbone, load_mini
 from btoks.backbones.qwen_vl import QwenVLBackbone
 from btoks.backbones.tiny import tiny_backbone
 
@@ -32,8 +32,8 @@ def adapter_for(config: Any) -> type[Backbone]:
 
 def load_backbone(name_or_path: str, *, trust_remote_code: bool = False, **kwargs: Any) -> Backbone:
     """Load a backbone by hub name or local path (weights stay safetensors; remote code off unless asked)."""
-    if name_or_path == MINI_NAME:
-        return load_mini(**kwargs)
+    if name_or_path in MINI_VARIANTS:
+        return load_mini(**{**MINI_VARIANTS[name_or_path], **kwargs})
     if name_or_path.startswith("tiny:"):  # random-weight test backbones, e.g. "tiny:qwen2_vl"
         return tiny_backbone(name_or_path.removeprefix("tiny:"), **kwargs)
     config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)

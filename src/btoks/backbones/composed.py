@@ -18,6 +18,8 @@ with this choice vs 21.0 keeping the first 12 and 3.0 for all 30; docs/results.m
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,6 +50,16 @@ from btoks.backbones.mini_parts import (
 )
 
 MINI_NAME = "btoks-mini"
+MINI_VARIANTS: dict[str, dict[str, Any]] = {
+    MINI_NAME: {"delta": None},
+    "btoks-mini-aligned": {"delta": "shipped", "delta_parts": ("projector",)},
+    "btoks-mini-healed": {"delta": "shipped", "delta_parts": ("projector", "lora")},
+}
+"""Names ``load_backbone`` resolves to a composition: raw (random projector, truncated decoder as cut), the
+projector aligned by the heal + align run (LLaVA stage 1), or the full delta (aligned projector + healed
+decoder). The default stays raw: the healed decoder's final states are nearly identical across inputs
+(cosine 0.994) and contrastive training did not move off chance within the quickstart's 40 steps
+(docs/results.md)."""
 DEFAULT_LAYERS = 10
 DEFAULT_IMAGE_SIZE = 160
 DEFAULT_GRID = 3
@@ -188,6 +200,11 @@ class BToksMiniForCausalLM(BToksMiniPreTrainedModel, GenerationMixin):
     def get_decoder(self) -> nn.Module:
         return self.model
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """peft still reads this deprecated name; answer with the new one instead of a FutureWarning per load."""
+        return self.is_activation_checkpointing
+
     def forward(self, input_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 logits_to_keep: int = 0, **kwargs: Any) -> CausalLMOutputWithPast:
         out = self.model(input_ids=input_ids, **kwargs)
@@ -260,20 +277,36 @@ class MiniBackbone(Backbone):
         self.tokenizer.save_pretrained(directory)
 
 
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No "Loading weights" bar for a local 135M checkpoint (the quickstart loads it once per stage)."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def load_mini(*, cache_dir: str | None = None, num_layers: int = DEFAULT_LAYERS, image_size: int = DEFAULT_IMAGE_SIZE,
               image_grid: int = DEFAULT_GRID, max_video_frames: int = DEFAULT_VIDEO_FRAMES, dtype: Any = None,
-              attn_implementation: str | None = "sdpa", seed: int = 0, delta: str | Path | None = "shipped",
-              **_: Any) -> MiniBackbone:
+              attn_implementation: str | None = "sdpa", seed: int = 0, delta: str | Path | None = None,
+              delta_parts: tuple[str, ...] = ("projector", "lora"), **_: Any) -> MiniBackbone:
     """Compose ``btoks-mini`` from the offline SmolLM2 and EfficientNet weights, then apply the heal + align
     ``delta`` (projector + merged decoder LoRA, see :mod:`btoks.backbones.mini_heal`).
 
     ``delta="shipped"`` uses the delta packaged with btoks (when it matches ``num_layers``), a path uses that
-    file, ``None`` gives the raw composition (random projector, un-healed decoder). The result is deterministic
+    file, ``None`` gives the raw composition (random projector, un-healed decoder); ``delta_parts`` picks
+    the projector and/or the decoder LoRA from it. The result is deterministic
     for given arguments, so an adapter saved on top of it reloads exactly. The new special tokens' embedding
     rows start at the mean embedding (the image/video rows are overwritten by features anyway).
     """
     text_dir = smollm2_path(cache_dir)
-    text = LlamaForCausalLM.from_pretrained(text_dir, dtype=torch.float32)
+    with _quiet_loading():
+        text = LlamaForCausalLM.from_pretrained(text_dir, dtype=torch.float32)
     if not 1 <= num_layers <= text.config.num_hidden_layers:
         raise ValueError(f"num_layers must be in 1..{text.config.num_hidden_layers}, got {num_layers}")
     tokenizer = AutoTokenizer.from_pretrained(text_dir)
@@ -317,10 +350,10 @@ def load_mini(*, cache_dir: str | None = None, num_layers: int = DEFAULT_LAYERS,
     if delta is not None:
         from btoks.backbones.mini_heal import apply_delta
 
-        apply_delta(backbone, delta)
+        apply_delta(backbone, delta, parts=delta_parts)
     if dtype is not None:
         model.to(dtype)
     return backbone
 
 
-__all__ = ["MINI_NAME", "BToksMiniConfig", "BToksMiniForCausalLM", "BToksMiniModel", "MiniBackbone", "load_mini"]
+__all__ = ["MINI_NAME", "MINI_VARIANTS", "BToksMiniConfig", "BToksMiniForCausalLM", "BToksMiniModel", "MiniBackbone", "load_mini"]

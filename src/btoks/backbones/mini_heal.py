@@ -20,7 +20,7 @@ import json
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,21 @@ def mini_mmeb_examples(data_root: str | Path, split: str = "train", *, skip: Seq
             text = _clean(tgt.text)
             if text:
                 out.append(Example(src, text, entry["name"]))
+    return out
+
+
+def swap_media(examples: Sequence[Example]) -> list[Example]:
+    """The same examples with each one's media taken from the next example of the same set (a control: the
+    CE gap between true and swapped media is what the vision tokens contribute)."""
+    by_set: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        by_set.setdefault(ex.dataset, []).append(i)
+    out = list(examples)
+    for idx in by_set.values():
+        for a, b in zip(idx, idx[1:] + idx[:1], strict=True):
+            donor = examples[b].sample
+            out[a] = Example(replace(examples[a].sample, images=donor.images, video=donor.video), examples[a].target,
+                             examples[a].dataset)
     return out
 
 
@@ -262,8 +277,8 @@ def delta_meta(path: str | Path) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def apply_delta(backbone: Any, path: str | Path) -> dict[str, Any]:
-    """Load the projector and merge ``W += B A`` into the decoder; returns the delta's metadata.
+def apply_delta(backbone: Any, path: str | Path, parts: Sequence[str] = ("projector", "lora")) -> dict[str, Any]:
+    """Load the projector and/or merge ``W += B A`` into the decoder (``parts``); returns the delta's metadata.
 
     The file must match the model (layer count, hidden size); a mismatch is one clear error.
     """
@@ -272,8 +287,13 @@ def apply_delta(backbone: Any, path: str | Path) -> dict[str, Any]:
     if meta.get("num_layers") not in (None, layers):
         raise ValueError(f"{path}: delta is for {meta['num_layers']} decoder layers, the model has {layers}")
     tensors = load_file(str(path))
-    proj = {k.removeprefix("projector."): v.float() for k, v in tensors.items() if k.startswith("projector.")}
-    backbone.model.model.projector.load_state_dict(proj, strict=True)
+    if unknown := set(parts) - {"projector", "lora"}:
+        raise ValueError(f"delta parts must be 'projector' and/or 'lora', not {sorted(unknown)}")
+    if "projector" in parts:
+        proj = {k.removeprefix("projector."): v.float() for k, v in tensors.items() if k.startswith("projector.")}
+        backbone.model.model.projector.load_state_dict(proj, strict=True)
+    if "lora" not in parts:
+        return meta
     modules = lora_modules(backbone)
     names = {k.removeprefix("lora.").rsplit(".", 1)[0] for k in tensors if k.startswith("lora.")}
     if names - modules.keys():
@@ -351,4 +371,4 @@ def heal(backbone: Any, media: Sequence[Example], text: Sequence[Example], cfg: 
 
 
 __all__ = ["DELTA_FORMAT", "Example", "HealConfig", "apply_delta", "collate", "delta_meta", "heal", "heldout_ce",
-           "mini_mmeb_examples", "save_delta", "text_examples", "token_loss"]
+           "mini_mmeb_examples", "save_delta", "swap_media", "text_examples", "token_loss"]

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 NAME = "mini-mmeb"
 
 
-VERSION = 1
+VERSION = 2  # 2: mini-Slides-docs replaces mini-LeeNews-docs
 
 
 IMG = "<|image_1|>"
