@@ -278,9 +278,16 @@ class BToksModel(nn.Module):
         if targets is None or self.config.num_btoks == 0:
             out = self.backbone.forward(inputs.input_ids, inputs.attention_mask, inputs.position_ids, inputs.media)
             return self._output(self.pool(out.last_hidden_state, inputs.attention_mask))
-        if self.config.gic_impl == "mask" or (self.training and getattr(self.model, "is_activation_checkpointing", False)):
+        if self.explicit_gic:
             return self._forward_explicit(inputs, targets)
         return self._forward_cached(inputs, targets)
+
+    @property
+    def explicit_gic(self) -> bool:
+        """Whether GIC runs as one explicit ``[X|B|T]`` pass (``gic_impl="mask"``, or gradient checkpointing,
+        under which HF drops the KV cache the fast path needs)."""
+        return self.config.gic_impl == "mask" or (
+            self.training and getattr(self.model, "is_activation_checkpointing", False))
 
     def target_positions(self, inputs: ModelInputs, rows: torch.Tensor, relative: torch.Tensor | int) -> torch.Tensor:
         """Absolute positions of targets continuing ``rows`` of ``inputs`` (``config.gic_positions`` rule);
