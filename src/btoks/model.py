@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,10 @@ _CHAT_WRAPS = (  # (prefix, suffix) for target wrapping, by the special tokens a
     ("<|im_start|>", "<|im_start|>assistant\n", "<|im_end|>"),
     ("<|start_header_id|>", "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"),
 )
+
+# peft's get_peft_model probes transformers' deprecated `is_gradient_checkpointing` property; the warning is
+# about peft's call, not ours, and would otherwise print once per process that adds adapters.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 @dataclass
