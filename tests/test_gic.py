@@ -21,6 +21,31 @@ def _batch(family, rgb):
     return samples, targets
 
 
+def test_image_targets_explicit_pass_equals_cache(rgb):
+    """Full-input targets with images (``gic_target="input"``): the explicit ``[X|B|T]`` pass (gradient
+    checkpointing's path) interleaves input and target images per row and matches the KV-cache path."""
+    torch.manual_seed(0)
+    model = BToksModel(tiny_backbone("qwen2_vl"), BToksConfig(num_btoks=4)).train()
+    samples = [Sample(text="<image> what is shown", images=[rgb(56, 56, 1)]), Sample(text="a cat"),
+               Sample(text="two <image> and <image>", images=[rgb(56, 28, 2), rgb(28, 56, 3)])]
+    targets = [Sample(text="<image> a picture", images=[rgb(28, 28, 4)]), None, Sample(text="two pictures")]
+    inputs, tb = model.prepare(samples), model.prepare_targets(targets)
+    assert tb is not None and "pixel_values" in tb.media and (tb.labels == -100).sum() > 0
+    results = {}
+    for impl in ("cache", "mask"):
+        model.config.gic_impl = impl
+        model.zero_grad()
+        out = model(inputs, tb)
+        (out.gen_loss + out.embeddings.sum()).backward()
+        results[impl] = (out.gen_loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                                  if p.grad is not None})
+    (loss_c, g_c), (loss_m, g_m) = results["cache"], results["mask"]
+    assert torch.allclose(loss_c, loss_m, atol=1e-5)
+    assert g_c.keys() == g_m.keys() and any("visual" in n for n in g_c)
+    for name in g_c:
+        assert torch.allclose(g_c[name], g_m[name], atol=1e-5), name
+
+
 def test_mask_pattern_matches_design_table():
     # one row: X = 3 tokens (first is padding), B = 2, T = 3 (last is padding)
     x_b = torch.tensor([[0, 1, 1, 1, 1]])

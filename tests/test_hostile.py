@@ -286,7 +286,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
         [sys.executable, "-m", "btoks.cli", "serve", str(model), "--port", str(port), "--log-level", "warning",
-         "--max-body-mb", "4", "--max-images", "4", "--max-images-in-flight", "8", "--body-timeout", "1"],
+         "--max-body-mb", "4", "--max-images", "4", "--max-images-in-flight", "8", "--body-timeout", "3"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
@@ -375,7 +375,7 @@ def test_slow_client_gets_408_and_does_not_block_others(served) -> None:
                 break
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-    assert b"not received within 1 s" in answer
+    assert b"not received within 3 s" in answer
 
 
 def test_concurrent_load_on_a_real_server_has_no_failures_and_bounded_memory(served) -> None:

@@ -152,9 +152,11 @@ def test_hnsw_and_ivf(model, tmp_path: Path) -> None:
         (src / f"{i:02d}.txt").write_text(t)
     for kind in ("hnsw", "ivf"):
         out = tmp_path / kind
-        build_index(model, [src], out, index_type=kind)
+        report = build_index(model, [src], out, index_type=kind, ef_search=40)
         index = Index.load(out)
         assert index.header["index_type"] == kind and len(index) == 24
+        assert report.index_type == kind and report.recall_at_10 == index.params.recall_at_10 is not None
+        assert kind != "hnsw" or index.params.ef_search == 40  # stored, so search uses the build's setting
         top = [Path(index.search(model, query_text=t, k=1)[0].source).stem for t in texts[:6]]
         assert top == [f"{i:02d}" for i in range(6)]
     (src / "extra.txt").write_text("an added document about the central bank")

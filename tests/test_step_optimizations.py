@@ -86,3 +86,26 @@ def test_adapters_stay_in_the_compute_dtype_unless_asked() -> None:
     upcast.backbone.model.to(torch.bfloat16)
     upcast.apply_lora(r=4, alpha=8, dropout=0.0, autocast_adapter_dtype=True)
     assert all(p.dtype == torch.float32 for n, p in upcast.named_parameters() if "lora_" in n)
+
+
+def test_explicit_pass_with_image_targets_keeps_raw_pixels_and_equal_gradients() -> None:
+    """The explicit [X|B|T] pass (gic_impl="mask", or gradient checkpointing) interleaves target images with
+    input images, so GradCache must not swap in reused features there."""
+    import dataclasses
+
+    model = _model()
+    model.config.gic_impl, model.config.gic_target = "mask", "input"
+    pairs = list(shapes())[:4]
+    queries = [p.query for p in pairs]
+    # both sides carry images and the candidate generates the query (grounding / image-to-image style)
+    positives = [dataclasses.replace(p.positive, images=p.query.images[:1], target="generate the query")
+                 for p in pairs]
+    assert all(q.images for q in queries)
+    grads = []
+    for reuse in (True, False):
+        batch = prepare_batch(model, queries, positives, chunk_size=2)
+        assert any(c.targets is not None and c.targets.media for c in batch.chunks["positive"])
+        model.zero_grad(set_to_none=True)
+        compute_gradients(model, batch, gen_weight=2.0, reuse_media=reuse)
+        grads.append({n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None})
+    _assert_same(*grads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,10 @@ _CHAT_WRAPS = (  # (prefix, suffix) for target wrapping, by the special tokens a
     ("<|im_start|>", "<|im_start|>assistant\n", "<|im_end|>"),
     ("<|start_header_id|>", "<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"),
 )
+
+# peft's get_peft_model probes transformers' deprecated `is_gradient_checkpointing` property; the warning is
+# about peft's call, not ours, and would otherwise print once per process that adds adapters.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 @dataclass
@@ -273,9 +278,16 @@ class BToksModel(nn.Module):
         if targets is None or self.config.num_btoks == 0:
             out = self.backbone.forward(inputs.input_ids, inputs.attention_mask, inputs.position_ids, inputs.media)
             return self._output(self.pool(out.last_hidden_state, inputs.attention_mask))
-        if self.config.gic_impl == "mask" or (self.training and getattr(self.model, "is_activation_checkpointing", False)):
+        if self.explicit_gic:
             return self._forward_explicit(inputs, targets)
         return self._forward_cached(inputs, targets)
+
+    @property
+    def explicit_gic(self) -> bool:
+        """Whether GIC runs as one explicit ``[X|B|T]`` pass (``gic_impl="mask"``, or gradient checkpointing,
+        under which HF drops the KV cache the fast path needs)."""
+        return self.config.gic_impl == "mask" or (
+            self.training and getattr(self.model, "is_activation_checkpointing", False))
 
     def target_positions(self, inputs: ModelInputs, rows: torch.Tensor, relative: torch.Tensor | int) -> torch.Tensor:
         """Absolute positions of targets continuing ``rows`` of ``inputs`` (``config.gic_positions`` rule);
@@ -322,21 +334,21 @@ class BToksModel(nn.Module):
     def build_sequence(self, inputs: ModelInputs, targets: TargetBatch, kv_mode: str | None = None) -> XBTSequence:
         """The one ``[X|B|T]`` sequence of the explicit-mask path (also what attention analysis runs): every
         row of ``inputs`` followed by its target (none: masked columns), with the Condensation Mask."""
-        if targets.media:
-            raise ValueError("the explicit [X|B|T] pass takes text-only targets; targets with images need "
-                             "gic_impl='cache' without gradient checkpointing")
         n, lxb = inputs.input_ids.shape
         width = targets.input_ids.shape[1]
         device = inputs.input_ids.device
         t_ids = torch.zeros((n, width), dtype=torch.long, device=device)
         t_mask = torch.zeros_like(t_ids)
         t_ids[targets.rows], t_mask[targets.rows] = targets.input_ids, targets.attention_mask
-        positions = torch.cat([inputs.position_ids, self.target_positions(inputs, torch.arange(n, device=device),
-                                                                           width)], dim=-1)
+        assert targets.position_ids is not None
+        relative = torch.arange(width, device=device).expand(*targets.position_ids.shape[:-2], n, width).clone()
+        relative[..., targets.rows, :] = targets.position_ids
+        positions = torch.cat([inputs.position_ids,
+                               self.target_positions(inputs, torch.arange(n, device=device), relative)], dim=-1)
         mask = condensation_mask(inputs.attention_mask, self.config.num_btoks, t_mask, kv_mode or self.config.kv_mode)
         valid = torch.cat([inputs.attention_mask, t_mask], dim=1).bool()
-        return XBTSequence(torch.cat([inputs.input_ids, t_ids], dim=1), mask, positions,
-                           self.backbone.extend_media(inputs.media, width), valid, lxb)
+        media = self.backbone.join_media(inputs, targets.media, targets.rows, width)
+        return XBTSequence(torch.cat([inputs.input_ids, t_ids], dim=1), mask, positions, media, valid, lxb)
 
     def _forward_explicit(self, inputs: ModelInputs, targets: TargetBatch) -> EncodeOutput:
         """Reference path: one pass over ``[X|B|T]`` with the explicit Condensation Mask (masks.py)."""

@@ -202,6 +202,16 @@ class Backbone(ABC):
         per-token kwargs (e.g. Qwen's ``mm_token_type_ids``) get text padding."""
         return media
 
+    def join_media(self, inputs: ModelInputs, target_media: dict[str, torch.Tensor], rows: torch.Tensor,
+                   width: int) -> dict[str, torch.Tensor]:
+        """Model kwargs of one ``[X|B|T]`` pass: those of ``inputs`` plus ``target_media`` of the targets of
+        ``rows`` (``width`` columns each). Text-only targets just extend the inputs' kwargs; families whose
+        targets can carry pixels override this to interleave them per row."""
+        if target_media:
+            raise ValueError(f"{self.family} backbone: the explicit [X|B|T] pass takes text-only GIC targets "
+                             "(use gic_impl='cache' without gradient checkpointing, or gic_target='text')")
+        return self.extend_media(inputs.media, width)
+
     # ---- building inputs -------------------------------------------------------------------------------------
     def text_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []

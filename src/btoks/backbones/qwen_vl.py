@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
-from btoks.backbones.base import IMAGE, VIDEO, Backbone, Segment
+from btoks.backbones.base import IMAGE, VIDEO, Backbone, ModelInputs, Segment
 
 _FAMILIES = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl"}
 
@@ -98,6 +98,45 @@ class QwenVLBackbone(Backbone):
 
     def extend_media(self, media: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
         return {k: (F.pad(v, (0, width)) if k == "mm_token_type_ids" else v) for k, v in media.items()}
+
+    def join_media(self, inputs: ModelInputs, target_media: dict[str, torch.Tensor], rows: torch.Tensor,
+                   width: int) -> dict[str, torch.Tensor]:
+        """Images of ``[X|B]`` and of the targets, reordered row by row (the model consumes pixels in token
+        order: row 0's input images, row 0's target images, row 1's ...). Video targets are not supported."""
+        media = inputs.media
+        if not target_media:
+            return self.extend_media(media, width)
+        if {"pixel_values_videos", "mm_encoder_outputs"} & (set(target_media) | set(media)):
+            raise ValueError("the explicit [X|B|T] pass takes image GIC targets only with raw image pixels "
+                             "(no video, no reused vision features): use gic_impl='cache' without gradient "
+                             "checkpointing")
+        n = len(inputs)
+        x_kinds = media.get("mm_token_type_ids")
+        x_images = self._images_per_row(media, x_kinds) if x_kinds is not None else [[] for _ in range(n)]
+        t_kinds = torch.zeros((n, width), dtype=target_media["mm_token_type_ids"].dtype,
+                              device=target_media["mm_token_type_ids"].device)
+        t_kinds[rows] = target_media["mm_token_type_ids"]
+        t_images: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(n)]
+        for r, imgs in zip(rows.tolist(), self._images_per_row(target_media, target_media["mm_token_type_ids"]),
+                           strict=True):
+            t_images[r] = imgs
+        ordered = [img for r in range(n) for img in x_images[r] + t_images[r]]
+        if x_kinds is None:
+            x_kinds = torch.zeros(inputs.input_ids.shape, dtype=t_kinds.dtype, device=t_kinds.device)
+        return {"pixel_values": torch.cat([p for p, _ in ordered]), "image_grid_thw": torch.stack([g for _, g in ordered]),
+                "mm_token_type_ids": torch.cat([x_kinds, t_kinds], dim=1)}
+
+    @staticmethod
+    def _images_per_row(media: dict[str, torch.Tensor],
+                        kinds: torch.Tensor) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """(patch rows, grid) of every image, grouped by batch row (an image is one run of image tokens)."""
+        img = kinds == IMAGE
+        starts = (img & ~F.pad(img, (1, 0))[:, :-1]).sum(-1).tolist()
+        grids = media.get("image_grid_thw")
+        if grids is None:
+            return [[] for _ in starts]
+        patches = iter(zip(media["pixel_values"].split(grids.prod(-1).tolist()), grids, strict=True))
+        return [[next(patches) for _ in range(k)] for k in starts]
 
     @property
     def lora_target_modules(self) -> str:

@@ -1,11 +1,13 @@
-"""Readers for MMEB-train, MMEB-V2 eval (image/video, "local"), ViDoRe/BEIR visual documents ("global") and
-the generic btoks JSONL layout (docs/data-format.md).
+"""Readers for MMEB-train, MMEB-V2-style eval tables (image/video, "local"), ViDoRe/BEIR visual documents
+("global") and the generic btoks JSONL layout (docs/data-format.md); MMEB-V2 *as published* is read by
+:mod:`btoks.data.mmeb_v2` on top of the same pieces.
 
 Readers parse rows into :class:`SampleSpec` (text + media *references*) and validate them up front
 (``check=``), so bad rows are raised or skipped-and-counted before any model time is spent; pixels are
 decoded only when a sample is accessed, which keeps million-row training sets and 1000-candidate
 evaluation sets cheap to hold. Identical specs are interned, so a label list repeated on every row of a
-classification set is stored once.
+classification set is stored once. Every reader runs the one loop of :func:`read_rows`, and every unusable
+input is a :class:`~btoks.data.errors.InputError` naming dataset, row and file.
 """
 
 from __future__ import annotations

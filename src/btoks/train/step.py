@@ -198,7 +198,9 @@ def compute_gradients(model: BToksModel, batch: PreparedBatch, gen_weight: float
             states[side], parts = [], []
             for c in cs:
                 inputs = c.inputs
-                if reuse_media:  # pass 2 sees the same features; the caller's batch is left as it was
+                # pass 2 sees the same features; the caller's batch is left as it was. An explicit [X|B|T]
+                # pass with image targets interleaves raw pixels per row, so it keeps them.
+                if reuse_media and not (model.explicit_gic and c.targets is not None and c.targets.media):
                     inputs = replace(inputs, media=model.backbone.precompute_media(inputs.media))
                 pass2[side].append(inputs)
                 states[side].append(RandState())
