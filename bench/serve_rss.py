@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model
     if model is None:
         from btoks import BToksConfig, BToksModel
-        from btoks.tiny import tiny_backbone
+        from btoks.backbones.tiny import tiny_backbone
 
         model = str(tmp / "model")
         tiny = BToksModel(tiny_backbone("qwen2_vl"), BToksConfig(num_btoks=4))

@@ -19,8 +19,8 @@ from btoks.data.media import (
     PATH_ESCAPE,
     TOO_LARGE,
     UNREADABLE_VIDEO,
+    InputError,
     MediaConfig,
-    MediaError,
     PdfPage,
     load_image,
     load_video,
@@ -33,7 +33,6 @@ from btoks.data.media import (
 from btoks.data.mixture import MixtureSampler
 from btoks.data.readers import (
     ConcatTrainSets,
-    DataError,
     EvalGlobal,
     EvalLocal,
     LazySamples,
@@ -129,28 +128,28 @@ def test_load_image_variants(tmp_path: Path) -> None:
 
 
 def test_image_errors_name_the_file(tmp_path: Path) -> None:
-    with pytest.raises(MediaError, match=r"nope.png") as e:
+    with pytest.raises(InputError, match=r"nope.png") as e:
         load_image("nope.png", tmp_path)
     assert e.value.reason == MISSING
     (tmp_path / "bad.png").write_bytes(b"not an image at all")
-    with pytest.raises(MediaError, match=r"bad.png") as e:
+    with pytest.raises(InputError, match=r"bad.png") as e:
         load_image("bad.png", tmp_path)
     assert e.value.reason == CORRUPT_IMAGE
     # valid header, truncated data: passes the header check, fails on decode
     good = png(tmp_path / "big.png", (1, 2, 3), size=(64, 64)).read_bytes()
     (tmp_path / "trunc.png").write_bytes(good[: len(good) // 2])
     MediaConfig(root=tmp_path).check_image("trunc.png", "header")
-    with pytest.raises(MediaError, match=r"trunc.png") as e:
+    with pytest.raises(InputError, match=r"trunc.png") as e:
         MediaConfig(root=tmp_path).check_image("trunc.png", "full")
     assert e.value.reason == CORRUPT_IMAGE
 
 
 def test_decompression_bomb_refused_from_header(tmp_path: Path) -> None:
     png(tmp_path / "wide.png", size=(40, 30))
-    with pytest.raises(MediaError, match=r"wide.png.*1,200 pixels exceeds the limit of 1,000") as e:
+    with pytest.raises(InputError, match=r"wide.png.*1,200 pixels exceeds the limit of 1,000") as e:
         load_image("wide.png", tmp_path, max_pixels=1000)
     assert e.value.reason == TOO_LARGE
-    with pytest.raises(MediaError) as e:
+    with pytest.raises(InputError) as e:
         MediaConfig(root=tmp_path, max_pixels=1000).check_image("wide.png", "header")
     assert e.value.reason == TOO_LARGE
     assert load_image("wide.png", tmp_path, max_pixels=None).size == (40, 30)
@@ -160,19 +159,19 @@ def test_paths_cannot_escape_root(tmp_path: Path) -> None:
     root = tmp_path / "data"
     root.mkdir()
     png(tmp_path / "secret.png")
-    with pytest.raises(MediaError, match="escapes") as e:
+    with pytest.raises(InputError, match="escapes") as e:
         load_image("../secret.png", root)
     assert e.value.reason == PATH_ESCAPE
-    with pytest.raises(MediaError):
+    with pytest.raises(InputError):
         resolve_path("sub/../../secret.png", root)
     assert resolve_path("sub/../x.png", root) == (root / "x.png").resolve()
-    with pytest.raises(MediaError, match="absolute path outside") as e:  # a table row naming any file
+    with pytest.raises(InputError, match="absolute path outside") as e:  # a table row naming any file
         load_image(str(tmp_path / "secret.png"), root)
     assert e.value.reason == PATH_ESCAPE
     png(root / "inside.png")
     assert resolve_path(root / "inside.png", root) == (root / "inside.png").resolve()  # absolute, inside: fine
     (root / "link.png").symlink_to(tmp_path / "secret.png")
-    with pytest.raises(MediaError, match="escapes"):
+    with pytest.raises(InputError, match="escapes"):
         load_image("link.png", root)
 
 
@@ -202,14 +201,14 @@ def test_video_file_pyav(tmp_path: Path) -> None:
 
 def test_video_errors(tmp_path: Path) -> None:
     (tmp_path / "junk.mp4").write_bytes(b"\x00" * 200)
-    with pytest.raises(MediaError, match=r"junk.mp4") as e:
+    with pytest.raises(InputError, match=r"junk.mp4") as e:
         load_video("junk.mp4", tmp_path)
     assert e.value.reason == UNREADABLE_VIDEO
     (tmp_path / "empty").mkdir()
-    with pytest.raises(MediaError, match="empty") as e:
+    with pytest.raises(InputError, match="empty") as e:
         load_video("empty", tmp_path)
     assert e.value.reason == UNREADABLE_VIDEO
-    with pytest.raises(MediaError) as e:
+    with pytest.raises(InputError) as e:
         load_video("missing.mp4", tmp_path)
     assert e.value.reason == MISSING
 
@@ -220,12 +219,12 @@ def test_pdf_render_and_errors(tmp_path: Path) -> None:
     assert [p.size for p in pages] == [(200, 400), (300, 400)] and pages[0].mode == "RGB"
     assert render_pdf_page("doc.pdf", 1, tmp_path).size == (150, 200)
     assert load_image(PdfPage("doc.pdf", 0), tmp_path).size == (100, 200)
-    with pytest.raises(MediaError, match="page 5 out of range"):
+    with pytest.raises(InputError, match="page 5 out of range"):
         render_pdf_page("doc.pdf", 5, tmp_path)
-    with pytest.raises(MediaError, match=r"doc.pdf page 0.*exceeds"):
+    with pytest.raises(InputError, match=r"doc.pdf page 0.*exceeds"):
         render_pdf_page("doc.pdf", 0, tmp_path, max_pixels=1000)
     (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")
-    with pytest.raises(MediaError, match=r"broken.pdf") as e:
+    with pytest.raises(InputError, match=r"broken.pdf") as e:
         render_pdf("broken.pdf", tmp_path)
     assert e.value.reason == BROKEN_PDF
 
@@ -311,7 +310,7 @@ def test_train_bad_rows_raise_or_skip(tmp_path: Path) -> None:
         {"no_columns": 1},
     ]
     path = jsonl(tmp_path / "mix.jsonl", rows)
-    with pytest.raises(DataError) as e:
+    with pytest.raises(InputError) as e:
         read_train(path)
     msg = str(e.value)
     assert "mix" in msg and "row 1" in msg and "missing.png" in msg and e.value.reason == MISSING
@@ -326,7 +325,7 @@ def test_lazy_decode_error_names_row_and_file(tmp_path: Path) -> None:
     path = jsonl(tmp_path / "t.jsonl", [{"qry": "q", "qry_image_path": "img.png", "pos_text": "p"}])
     ts = read_train(path, check="header")
     (tmp_path / "img.png").write_bytes(good[:40])  # file breaks after reading
-    with pytest.raises(DataError, match=r"t: row 0: .*img.png"):
+    with pytest.raises(InputError, match=r"t: row 0: .*img.png"):
         ts[0]
 
 
@@ -397,7 +396,7 @@ def test_eval_local_bad_rows(tmp_path: Path) -> None:
     ]
     path = jsonl(tmp_path / "set.jsonl", rows)
     media = MediaConfig(max_pixels=1000)
-    with pytest.raises(DataError, match=r"set: row 1: .*corrupt.png"):
+    with pytest.raises(InputError, match=r"set: row 1: .*corrupt.png"):
         read_eval_local(path, media=media)
     ev = read_eval_local(path, media=media, on_error="skip")
     assert ev.rows == [0]
@@ -420,7 +419,7 @@ def test_eval_local_video_variant(tmp_path: Path) -> None:
          "tgt_inst": "", "tgt_text": ["a"], "tgt_img_path": [""], "tgt_video_path": [""]},
     ]
     path = jsonl(tmp_path / "vid.jsonl", rows)
-    with pytest.raises(DataError, match=r"vid: row 2: .*bad.mp4") as e:
+    with pytest.raises(InputError, match=r"vid: row 2: .*bad.mp4") as e:
         read_eval_local(path)
     assert e.value.reason == UNREADABLE_VIDEO
     ev = read_eval_local(path, on_error="skip", media=MediaConfig(num_frames=4))
@@ -482,7 +481,7 @@ def _visdoc(folder: Path) -> Path:
 
 def test_read_visdoc(tmp_path: Path) -> None:
     folder = _visdoc(tmp_path / "ViDoRe_test")
-    with pytest.raises(DataError, match=r"ViDoRe_test: row corpus 3: .*broken.pdf") as e:
+    with pytest.raises(InputError, match=r"ViDoRe_test: row corpus 3: .*broken.pdf") as e:
         read_visdoc(folder)
     assert e.value.reason == BROKEN_PDF
     ev = read_visdoc(folder, on_error="skip", query_instruction="Find a document image that matches the given query:",

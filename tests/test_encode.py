@@ -12,7 +12,7 @@ from _serve_helpers import color_image, tiny_model, write_pdf, write_video
 
 from btoks import Sample
 from btoks.data.media import load_video, render_pdf_page
-from btoks.encode import EncodeInputError, encode, encode_document, encode_items, encode_query
+from btoks.encode import InputError, encode, encode_document, encode_items, encode_query
 
 
 @pytest.fixture(scope="module")
@@ -155,13 +155,13 @@ def test_strings_are_never_paths(model, media) -> None:
     ],
 )
 def test_errors_name_the_input(model, bad, fragment) -> None:
-    with pytest.raises(EncodeInputError, match=rf"^input 2: .*{fragment}") as info:
+    with pytest.raises(InputError, match=rf"^input 2: .*{fragment}") as info:
         encode(model, ["fine", "also fine", bad, "never reached"])
     assert info.value.index == 2
 
 
 def test_pdf_page_out_of_range_and_skip_mode(model, media) -> None:
-    with pytest.raises(EncodeInputError, match=r"input 1: .*out of range"):
+    with pytest.raises(InputError, match=r"input 1: .*out of range"):
         encode(model, ["ok", {"pdf": media["pdf"], "page": 9}])
     res = encode_items(model, ["ok", b"junk", "fine"], on_error="skip", batch_size=2)
     assert set(res.errors) == {1} and res.tokens[0] > 0 and res.tokens[1] == 0

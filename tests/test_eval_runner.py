@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from btoks.data.readers import DataError
+from btoks.data.readers import InputError
 from btoks.eval import registry, runner
 from btoks.eval.cli import add_eval_args, run_eval
 
@@ -287,7 +287,7 @@ def _bad_data(root: Path, how: str) -> Path:
 def test_on_error(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     data = _bad_data(tmp_path / "data", how)
     monkeypatch.setattr(runner, "encode", onehot_encode)
-    with pytest.raises(DataError, match=r"bad-img: row 1: .*1\.png") as e:
+    with pytest.raises(InputError, match=r"bad-img: row 1: .*1\.png") as e:
         runner.evaluate(tiny_model, data, out_dir=tmp_path / "r1", progress=False, log=None)
     assert e.value.dataset == "bad-img" and e.value.row == 1
     summary = runner.evaluate(tiny_model, data, out_dir=tmp_path / "r2", on_error="skip", progress=False, log=None)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import EpsImagePlugin, Image
 
-from btoks.data.media import MediaError, load_image, load_video, reduce_factor
+from btoks.data.media import InputError, load_image, load_video, reduce_factor
 from btoks.data.sample import Sample
 
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
@@ -55,9 +55,9 @@ def test_local_paths_only_reach_whitelisted_pil_plugins(tmp_path: Path, monkeypa
     tried = []
     monkeypatch.setattr(EpsImagePlugin, "_accept", lambda prefix: tried.append(prefix) or False)
     (tmp_path / "evil.png").write_bytes(EPS)
-    with pytest.raises(MediaError, match=r"evil.png: cannot decode image \(not a readable PNG, JPEG"):
+    with pytest.raises(InputError, match=r"evil.png: cannot decode image \(not a readable PNG, JPEG"):
         load_image("evil.png", tmp_path)
-    with pytest.raises(MediaError, match="cannot decode image"):
+    with pytest.raises(InputError, match="cannot decode image"):
         load_image(EPS)
     assert not tried
 
@@ -204,7 +204,7 @@ def test_bad_media_through_eval(tmp_path: Path) -> None:
 
     from _serve_helpers import tiny_model_dir
 
-    from btoks.data.readers import DataError
+    from btoks.data.readers import InputError
     from btoks.eval import registry, runner
 
     data = _eval_table(tmp_path / "data" / "hostile")
@@ -218,7 +218,7 @@ def test_bad_media_through_eval(tmp_path: Path) -> None:
         result = json.loads((tmp_path / "run" / "hostile-img.json").read_text())
         assert result["n_queries"] == 2
         assert result["skipped"] == {"corrupt_image": 5, "missing_file": 1, "path_escape": 3, "too_large": 1}
-        with pytest.raises(DataError, match=r"hostile-img: row \d+: .*(truncated|garbage|empty|eps|bomb)"):
+        with pytest.raises(InputError, match=r"hostile-img: row \d+: .*(truncated|garbage|empty|eps|bomb)"):
             runner.evaluate(tiny_model_dir(), data.parent, out_dir=tmp_path / "run2", progress=False, log=None)
     finally:
         registry.unregister("hostile-img")
@@ -271,7 +271,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     import httpx
 
     from btoks import BToksConfig, BToksModel
-    from btoks.tiny import tiny_backbone
+    from btoks.backbones.tiny import tiny_backbone
 
     if not Path("/proc/self/status").is_file():
         pytest.skip("RSS is read from /proc (Linux)")

@@ -28,7 +28,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from btoks import BToksConfig, BToksModel
-    from btoks.tiny import tiny_backbone
+    from btoks.backbones.tiny import tiny_backbone
 
     path = tmp_path_factory.mktemp("model") / "tiny"
     BToksModel(tiny_backbone("qwen2_vl"), BToksConfig(num_btoks=4)).save_pretrained(path)

@@ -57,7 +57,6 @@ MAX_TEXT_FILE_CHARS = 1_000_000
 ConvertTo = Literal["numpy", "torch"]
 
 
-EncodeInputError = InputError
 """Errors name the input's position (``err.index``); the one error type of :mod:`btoks.data.errors`."""
 
 
@@ -496,9 +495,9 @@ def encode_document(model: BToksModel, inputs: Any, instruction: str | None = No
 
 
 __all__ = [
-    "EncodeInputError",
     "EncodeOptions",
     "EncodeResult",
+    "InputError",
     "encode",
     "encode_document",
     "encode_items",

@@ -2,7 +2,7 @@
 
 Everything a reader decodes goes through here, so one place enforces the rules that keep a long evaluation from
 dying (or silently degrading) on one bad file: paths stay inside the data root, the pixel count is checked from
-the header *before* decoding (decompression bombs), and every failure is a :class:`MediaError` that carries the
+the header *before* decoding (decompression bombs), and every failure is a :class:`InputError` that carries the
 file and a short machine-readable ``reason`` that skip counters can group by.
 """
 
@@ -50,7 +50,6 @@ MEDIA_KINDS: dict[str, frozenset[str]] = {
 }
 KNOWN_EXTENSIONS = frozenset().union(*MEDIA_KINDS.values())
 
-MediaError = InputError
 """Media failures are :class:`~btoks.data.errors.InputError` (the one error type for unusable inputs)."""
 
 
@@ -87,7 +86,7 @@ def resolve_path(path: str | Path, root: str | Path | None = None) -> Path:
     full = (base / p).resolve()  # an absolute ``p`` replaces ``base``: allowed only if it lies inside it
     if not full.is_relative_to(base):
         what = "absolute path outside" if p.is_absolute() else "path escapes"
-        raise MediaError(f"{path}: {what} the data root {base}", path=path, reason=PATH_ESCAPE)
+        raise InputError(f"{path}: {what} the data root {base}", path=path, reason=PATH_ESCAPE)
     return full
 
 
@@ -117,7 +116,7 @@ def uniform_indices(total: int, n: int, mode: str = "uniform") -> list[int]:
 
 def _check_pixels(size: tuple[int, int], max_pixels: int | None, name: str) -> None:
     if max_pixels is not None and size[0] * size[1] > max_pixels:
-        raise MediaError(
+        raise InputError(
             f"{name}: {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels exceeds the limit of {max_pixels:,} "
             "(possible decompression bomb; raise max_pixels if the file is trusted)",
             path=name,
@@ -127,24 +126,24 @@ def _check_pixels(size: tuple[int, int], max_pixels: int | None, name: str) -> N
 
 @contextlib.contextmanager
 def _image_errors(name: str) -> Iterator[None]:
-    """Map PIL's failures (bomb guard, missing file, undecodable data) to one ``MediaError`` naming the file.
+    """Map PIL's failures (bomb guard, missing file, undecodable data) to one ``InputError`` naming the file.
 
     No ``warnings.catch_warnings()`` here: entering it resets Python's once-per-location registry, so every
     image decoded would re-print unrelated warnings (a FutureWarning at each training step).
     """
     try:
         yield
-    except MediaError:
+    except InputError:
         raise
     except Image.DecompressionBombError as e:
-        raise MediaError(f"{name}: {e}", path=name, reason=TOO_LARGE) from e
+        raise InputError(f"{name}: {e}", path=name, reason=TOO_LARGE) from e
     except FileNotFoundError as e:
-        raise MediaError(f"{name}: file not found", path=name, reason=MISSING) from e
+        raise InputError(f"{name}: file not found", path=name, reason=MISSING) from e
     except Image.UnidentifiedImageError as e:
-        raise MediaError(f"{name}: cannot decode image (not a readable {', '.join(IMAGE_FORMATS)} file)",
+        raise InputError(f"{name}: cannot decode image (not a readable {', '.join(IMAGE_FORMATS)} file)",
                          path=name, reason=CORRUPT_IMAGE) from e
     except (OSError, ValueError, SyntaxError, EOFError) as e:
-        raise MediaError(f"{name}: cannot decode image ({e})", path=name, reason=CORRUPT_IMAGE) from e
+        raise InputError(f"{name}: cannot decode image ({e})", path=name, reason=CORRUPT_IMAGE) from e
 
 
 def reduce_factor(size: tuple[int, int], decode_pixels: int | None) -> int:
@@ -215,12 +214,12 @@ def _image_fp(src: ImageSource, root: str | Path | None) -> tuple[Any, str]:
         if src.get("path"):
             src = src["path"]
         else:
-            raise MediaError("<image dict>: neither 'bytes' nor 'path' is set", reason=MISSING)
+            raise InputError("<image dict>: neither 'bytes' nor 'path' is set", reason=MISSING)
     if isinstance(src, bytes | bytearray):
         return io.BytesIO(bytes(src)), "<image bytes>"
     path = resolve_path(src, root)
     if not path.is_file():
-        raise MediaError(f"{path}: file not found", path=path, reason=MISSING)
+        raise InputError(f"{path}: file not found", path=path, reason=MISSING)
     return path, str(path)
 
 
@@ -270,11 +269,11 @@ def load_video(
     if full.is_dir():
         frames = list_frame_files(full)
         if not frames:
-            raise MediaError(f"{full}: frame folder has no image files", path=full, reason=UNREADABLE_VIDEO)
+            raise InputError(f"{full}: frame folder has no image files", path=full, reason=UNREADABLE_VIDEO)
         return [load_image(frames[i].name, full, max_pixels=max_pixels, decode_pixels=decode_pixels)
                 for i in uniform_indices(len(frames), num_frames, sampling)]
     if not full.exists():
-        raise MediaError(f"{full}: video not found", path=full, reason=MISSING)
+        raise InputError(f"{full}: video not found", path=full, reason=MISSING)
     return _decode_video_file(full, num_frames, max_pixels, decode_pixels)
 
 
@@ -293,7 +292,7 @@ def _decode_video_file(full: Path, num_frames: int, max_pixels: int | None,
     try:
         with av.open(name) as container:
             if not container.streams.video:
-                raise MediaError(f"{name}: no video stream", path=full, reason=UNREADABLE_VIDEO)
+                raise InputError(f"{name}: no video stream", path=full, reason=UNREADABLE_VIDEO)
             stream = container.streams.video[0]
             size = (stream.codec_context.width, stream.codec_context.height)
             _check_pixels(size, max_pixels, name)
@@ -320,12 +319,12 @@ def _decode_video_file(full: Path, num_frames: int, max_pixels: int | None,
             total = seen if seen < total else _count_frames(full)
             if total <= 0:
                 break
-    except MediaError:
+    except InputError:
         raise
     except (av.FFmpegError, OSError, ValueError, RuntimeError) as e:
-        raise MediaError(f"{name}: cannot decode video ({e})", path=full, reason=UNREADABLE_VIDEO) from e
+        raise InputError(f"{name}: cannot decode video ({e})", path=full, reason=UNREADABLE_VIDEO) from e
     if not frames:
-        raise MediaError(f"{name}: video has no decodable frames", path=full, reason=UNREADABLE_VIDEO)
+        raise InputError(f"{name}: video has no decodable frames", path=full, reason=UNREADABLE_VIDEO)
     return frames
 
 
@@ -334,20 +333,20 @@ def check_video(path: str | Path, root: str | Path | None = None) -> None:
     full = resolve_path(path, root)
     if full.is_dir():
         if not list_frame_files(full):
-            raise MediaError(f"{full}: frame folder has no image files", path=full, reason=UNREADABLE_VIDEO)
+            raise InputError(f"{full}: frame folder has no image files", path=full, reason=UNREADABLE_VIDEO)
         return
     if not full.exists():
-        raise MediaError(f"{full}: video not found", path=full, reason=MISSING)
+        raise InputError(f"{full}: video not found", path=full, reason=MISSING)
     import av
 
     try:
         with av.open(str(full)) as container:
             if not container.streams.video:
-                raise MediaError(f"{full}: no video stream", path=full, reason=UNREADABLE_VIDEO)
-    except MediaError:
+                raise InputError(f"{full}: no video stream", path=full, reason=UNREADABLE_VIDEO)
+    except InputError:
         raise
     except (av.FFmpegError, OSError, ValueError) as e:
-        raise MediaError(f"{full}: cannot open video ({e})", path=full, reason=UNREADABLE_VIDEO) from e
+        raise InputError(f"{full}: cannot open video ({e})", path=full, reason=UNREADABLE_VIDEO) from e
 
 
 # ---------------------------------------------------------------- PDF
@@ -358,11 +357,11 @@ def _open_pdf(path: str | Path, root: str | Path | None) -> Any:
 
     full = resolve_path(path, root)
     if not full.is_file():
-        raise MediaError(f"{full}: PDF not found", path=full, reason=MISSING)
+        raise InputError(f"{full}: PDF not found", path=full, reason=MISSING)
     try:
         return pdfium.PdfDocument(str(full))
     except pdfium.PdfiumError as e:
-        raise MediaError(f"{full}: cannot open PDF ({e})", path=full, reason=BROKEN_PDF) from e
+        raise InputError(f"{full}: cannot open PDF ({e})", path=full, reason=BROKEN_PDF) from e
 
 
 def pdf_num_pages(path: str | Path, root: str | Path | None = None) -> int:
@@ -378,7 +377,7 @@ def pdf_page_size(path: str | Path, page: int = 0, root: str | Path | None = Non
     doc = _open_pdf(path, root)
     try:
         if not 0 <= page < len(doc):
-            raise MediaError(f"{path}: page {page} out of range (PDF has {len(doc)} pages)", path=path,
+            raise InputError(f"{path}: page {page} out of range (PDF has {len(doc)} pages)", path=path,
                              reason=BROKEN_PDF)
         return doc.get_page_size(page)
     finally:
@@ -403,7 +402,7 @@ def render_pdf(
         out = []
         for idx in wanted:
             if not 0 <= idx < len(doc):
-                raise MediaError(f"{name}: page {idx} out of range (PDF has {len(doc)} pages)", path=name,
+                raise InputError(f"{name}: page {idx} out of range (PDF has {len(doc)} pages)", path=name,
                                  reason=BROKEN_PDF)
             w, h = doc.get_page_size(idx)
             _check_pixels((round(w * scale), round(h * scale)), max_pixels, f"{name} page {idx}")
@@ -414,7 +413,7 @@ def render_pdf(
                 page.close()
         return out
     except pdfium.PdfiumError as e:
-        raise MediaError(f"{name}: cannot render PDF ({e})", path=name, reason=BROKEN_PDF) from e
+        raise InputError(f"{name}: cannot render PDF ({e})", path=name, reason=BROKEN_PDF) from e
     finally:
         doc.close()
 
@@ -462,7 +461,7 @@ class MediaConfig:
         if isinstance(src, PdfPage):
             if level == "exists":
                 if not resolve_path(src.path, self.root).is_file():
-                    raise MediaError(f"{src.path}: PDF not found", path=src.path, reason=MISSING)
+                    raise InputError(f"{src.path}: PDF not found", path=src.path, reason=MISSING)
                 return
             w, h = pdf_page_size(src.path, src.page, root=self.root)
             _check_pixels((round(w * self.pdf_scale), round(h * self.pdf_scale)), self.max_pixels,
@@ -481,6 +480,6 @@ class MediaConfig:
         if level == "exists":
             full = resolve_path(path, self.root)
             if not full.exists():
-                raise MediaError(f"{full}: video not found", path=full, reason=MISSING)
+                raise InputError(f"{full}: video not found", path=full, reason=MISSING)
             return
         check_video(path, self.root)

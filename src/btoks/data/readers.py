@@ -37,7 +37,6 @@ TABLE_EXTENSIONS = (".jsonl", ".json", ".parquet", ".tsv", ".csv")
 _IMAGE_MARK = re.compile(r"<\|image_\d+\|>|<\|image\|>")
 _VIDEO_MARK = re.compile(r"<\|video_\d+\|>|<\|video\|>")
 
-DataError = InputError
 """Reader errors are :class:`~btoks.data.errors.InputError` naming dataset, row and file."""
 
 
@@ -207,7 +206,7 @@ class _Interner:
 
 class LazySamples(Sequence[Sample]):
     """A sequence of samples decoded on access (``list(x)`` decodes all). Decoding errors become
-    :class:`DataError` naming the dataset, the source row and the file."""
+    :class:`InputError` naming the dataset, the source row and the file."""
 
     def __init__(self, specs: Sequence[SampleSpec], media: MediaConfig, dataset: str = "",
                  rows: Sequence[int | str] | int | None = None) -> None:

@@ -33,6 +33,7 @@ from btoks.data.mini_mmeb.render import (
     motion_path,
     render_clip,
 )
+from btoks.data.mini_mmeb.sources import ShapeItem
 
 
 def build_motion_cls(ctx: Ctx) -> Built:
@@ -60,6 +61,13 @@ def build_motion_cls(ctx: Ctx) -> Built:
 _DIR_ANSWER = {"left": "to the left", "right": "to the right", "up": "up", "down": "down", "still": "it does not move"}
 
 
+def _mover_and_still(rng: np.random.Generator, pool: list[ShapeItem]) -> tuple[ShapeItem, ShapeItem]:
+    """A moving sprite and a still one that looks different (same draws as before: data stays byte-identical)."""
+    mover = pool[int(rng.integers(len(pool)))]
+    still = next(p for p in (pool[int(rng.integers(len(pool)))] for _ in range(1000)) if p.desc != mover.desc)
+    return mover, still
+
+
 def build_motion_qa(ctx: Ctx) -> Built:
     """Two shapes, one moves: questions about direction, which shape moves, and the mover's colour."""
     set_name = "mini-Motion-QA"
@@ -68,9 +76,7 @@ def build_motion_qa(ctx: Ctx) -> Built:
         pool = ctx.sprite_pool(rng, split, 300)
         rows = []
         for r in range(ctx.n(split)):
-            mover = pool[int(rng.integers(len(pool)))]
-            still = next(p for p in (pool[int(rng.integers(len(pool)))] for _ in range(1000))
-                         if p.desc != mover.desc)
+            mover, still = _mover_and_still(rng, pool)
             direction = pick(rng, ["left", "right", "up", "down"], 1)[0]
             path = motion_path(rng, direction, travel=30.0, margin=10.0)
             horizontal = direction in ("left", "right")
@@ -209,9 +215,7 @@ def build_moment(ctx: Ctx) -> Built:
         pool = ctx.sprite_pool(rng, split, 300)
         rows = []
         for r in range(ctx.n(split)):
-            mover = pool[int(rng.integers(len(pool)))]
-            still = next(p for p in (pool[int(rng.integers(len(pool)))] for _ in range(1000))
-                         if p.desc != mover.desc)
+            mover, still = _mover_and_still(rng, pool)
             frames, dirs = moment_clip(rng, mover, still)
             k = int(rng.integers(len(dirs)))
             text = f"the {mover.desc} {MOTION_PHRASE[dirs[k]]}"
