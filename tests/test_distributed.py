@@ -1,5 +1,5 @@
 """Two gloo processes, DDP through accelerate: a step on 2 ranks gives the gradients of one process on the
-concatenated batch (contrastive + GIC, GradCache chunks under ``no_sync``, LoRA + DoRA + trainable tokens,
+concatenated batch (contrastive + GIC, GradCache chunks under ``no_sync``, LoRA + DoRA + BTok rows,
 a vision tower used on one rank only)."""
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _worker(rank: int, port: int, image, embs, out) -> None:
 @pytest.mark.slow
 def test_two_ranks_equal_one_process_on_the_concatenated_batch(rgb):
     """A step on 2 ranks (each half of the batch) equals one process on the whole batch, with LoRA + DoRA +
-    trainable tokens and with full fine-tuning. The latter also covers parameters a rank uses only in a
+    BTok rows and with full fine-tuning. The latter also covers parameters a rank uses only in a
     ``no_sync`` chunk (the vision tower: rank 0's first query chunk has the image; its last chunk and all of
     rank 1 are text). InfoNCE alone: each rank's loss is the global loss, and its gradient (×W, DDP then
     averages) is its share of the global gradient; gathering only candidates gave 0.707× the candidate

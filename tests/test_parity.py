@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from btoks import BToksModel, Sample
 from btoks.backbones import QwenVLBackbone
 from btoks.backbones.tiny import tiny_tokenizer
+from btoks.btok_rows import PEFT_ROWS, pop_peft_rows
 from btoks.train import TrainConfig
 from btoks.train.step import compute_gradients, prepare_batch
 
@@ -62,9 +63,12 @@ def paper_model(case: dict) -> BToksModel:
     if case["lora"]:
         model.apply_lora(cfg.lora_r, cfg.lora_alpha, 0.0, cfg.dora, target_modules=cfg.lora_target_modules)
         adapter = {f"base_model.model.{k}": v.float() for k, v in load_file(FIX / "adapter.safetensors").items()}
+        rows = pop_peft_rows(adapter, "adapter.safetensors")  # their peft trainable tokens -> model.btok_rows
+        assert rows is not None and model.btok_rows is not None
+        model.btok_rows.load(rows, "adapter.safetensors")
         missing = model.peft_model.load_state_dict(adapter, strict=False)
         assert not missing.unexpected_keys
-        assert not [k for k in missing.missing_keys if "lora_" in k or "trainable_tokens" in k]
+        assert not [k for k in missing.missing_keys if "lora_" in k]
     return model
 
 
@@ -121,6 +125,9 @@ def test_paper_preset_matches_authors_code(name):
             grad = got["model.language_model.embed_tokens.weight"][model.btok_ids]
         elif key == "lm_head_btok_rows":
             grad = got["lm_head.weight"][model.btok_ids]
+        elif PEFT_ROWS in key.split("."):  # their trainable-token rows' gradient
+            assert model.btok_rows is not None
+            grad = model.btok_rows.weight.grad
         else:
             grad = got[key]
         assert _rel(grad, ref) < TOL, (name, key, _rel(grad, ref))

@@ -80,7 +80,6 @@ def load_authors_checkpoint(path: str | Path, *, base_model: str | None = None, 
     """A ``BToksModel`` from an authors' run folder or ``checkpoint-N``; ``base_model`` overrides where the
     backbone is loaded from (their config stores the hub name or the path used in training)."""
     import torch
-    from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     from btoks.backbones import load_backbone
@@ -114,11 +113,7 @@ def load_authors_checkpoint(path: str | Path, *, base_model: str | None = None, 
                      target_modules=list(adapter["target_modules"]))
     lora = {"base_model.model." + k.removeprefix(BACKBONE_PREFIX): v for k, v in state.items()
             if k.startswith(BACKBONE_PREFIX)}
-    result = set_peft_model_state_dict(model.peft_model, lora)
-    unexpected = list(getattr(result, "unexpected_keys", []) or [])
-    if unexpected:
-        raise ValueError(f"{checkpoint}: adapter weights with no place in the model: {unexpected[:5]}")
+    model.load_adapter_state(lora, str(checkpoint))  # their trainable-token rows become model.btok_rows
     if merge:
-        model.backbone.model = model.model = model.peft_model.merge_and_unload()
-        model.peft_model = None
+        model.merge_adapters()
     return model

@@ -17,6 +17,7 @@ from transformers import DynamicCache
 
 from btoks.backbones import Backbone, ModelInputs, load_backbone
 from btoks.backbones.base import TEXT, TokenRow
+from btoks.btok_rows import ROWS_FILE, BTokRows, pop_peft_rows
 from btoks.config import CONFIG_NAME, BToksConfig
 from btoks.data.sample import Sample
 from btoks.losses import generative_loss
@@ -101,6 +102,7 @@ class BToksModel(nn.Module):
         self.backbone = backbone
         self.model = backbone.model  # registers the HF module so .parameters()/.to() see it
         self.peft_model: Any = None
+        self.btok_rows: BTokRows | None = None
         self.btok_ids = self._add_btoks()
         self.target_prefix, self.target_suffix = self._target_wrapping()
         text_cfg = backbone.model.config.get_text_config()
@@ -177,23 +179,53 @@ class BToksModel(nn.Module):
     def apply_lora(self, r: int = 16, alpha: int = 32, dropout: float = 0.05, dora: bool = True,
                    init: str | bool = "gaussian", autocast_adapter_dtype: bool = False,
                    target_modules: list[str] | None = None) -> None:
-        """LoRA/DoRA (peft); BTok embedding rows stay trainable via trainable tokens. ``target_modules``
-        (module-name suffixes, peft's matching) overrides the backbone's default set (the LLM projections).
+        """LoRA/DoRA (peft); the BTok embedding rows stay trainable as ``BTokRows`` (K x hidden, no
+        vocabulary-sized copy or gradient). ``target_modules`` (module-name suffixes, peft's matching) overrides
+        the backbone's default set (the LLM projections).
 
         Adapters are kept in the model's dtype: peft's default (``autocast_adapter_dtype=True``) upcasts them to
         fp32 on a bf16 model, which makes every adapter activation saved for backward fp32 (+45 % saved bytes
         per chunk at Qwen2-VL-2B's shape, docs/benchmarks.md). With ``dora`` and ``dropout > 0`` peft runs
         each base linear layer a second time on the dropped-out input (1.54x a step's FLOPs at that shape).
         """
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig
 
-        extra = {"trainable_token_indices": {self.backbone.embedding_module_name: self.btok_ids}} \
-            if self.btok_ids else {}
-        lora = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, use_dora=dora, init_lora_weights=init,
-                          target_modules=list(target_modules) if target_modules else
-                          self.backbone.lora_target_modules,
-                          modules_to_save=self.backbone.modules_to_save or None, **extra)
+        self._wrap_peft(LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, use_dora=dora, init_lora_weights=init,
+                                   target_modules=list(target_modules) if target_modules else
+                                   self.backbone.lora_target_modules,
+                                   modules_to_save=self.backbone.modules_to_save or None), autocast_adapter_dtype)
+
+    def _wrap_peft(self, lora: Any, autocast_adapter_dtype: bool) -> None:
+        from peft import get_peft_model
+
         self.peft_model = get_peft_model(self.backbone.model, lora, autocast_adapter_dtype=autocast_adapter_dtype)
+        self.btok_rows = BTokRows(self.backbone.model, self.btok_ids) if self.btok_ids else None
+
+    def load_adapter_state(self, state: dict[str, torch.Tensor], source: str,
+                           rows: torch.Tensor | None = None) -> None:
+        """Load a peft adapter state dict (keys from ``base_model.model.``) into the applied adapter, and the
+        BTok rows: ``rows``, or peft trainable-token rows found in ``state`` (older saves, authors' runs); with
+        neither, the rows stay the embedding's."""
+        from peft import set_peft_model_state_dict
+
+        peft_rows = pop_peft_rows(state, source)
+        rows = rows if rows is not None else peft_rows
+        if rows is not None:
+            if self.btok_rows is None:
+                raise ValueError(f"{source}: BTok rows saved, but the model has no BToks (num_btoks=0)")
+            self.btok_rows.load(rows, source)
+        result = set_peft_model_state_dict(self.peft_model, state)
+        unexpected = list(getattr(result, "unexpected_keys", []) or [])
+        if unexpected:
+            raise ValueError(f"{source}: adapter weights with no place in the model: {unexpected[:5]}")
+
+    def merge_adapters(self) -> None:
+        """Fold the LoRA adapter and the BTok rows into the weights: same embeddings, plain HF model."""
+        self.backbone.model = self.model = self.peft_model.merge_and_unload()
+        self.peft_model = None
+        if self.btok_rows is not None:
+            self.btok_rows.merge()
+            self.btok_rows = None
 
     @property
     def device(self) -> torch.device:
@@ -402,9 +434,14 @@ class BToksModel(nn.Module):
             if self.peft_model is not None:
                 if not self.config.base_model:
                     raise ValueError("adapter-only saving needs config.base_model (a hub name or path)")
-                # BTok rows are saved as peft trainable tokens; the rest of the resized embedding is the base
-                # model plus EOS-initialised rows, rebuilt on load, so the full matrix is not written.
+                # Only the K BTok rows are written; the rest of the resized embedding is the base model plus
+                # EOS-initialised rows, rebuilt on load, so the full matrix is not written.
                 self.peft_model.save_pretrained(tmp / ADAPTER_DIR, save_embedding_layers=False)
+                if self.btok_rows is not None:
+                    from safetensors.torch import save_file
+
+                    save_file({"rows": self.btok_rows.weight.detach().contiguous(),
+                               "ids": self.btok_rows.ids.cpu()}, tmp / ROWS_FILE)
             else:
                 self.backbone.model.save_pretrained(tmp / BACKBONE_DIR)
                 self.backbone.save_processors(str(tmp / BACKBONE_DIR))
@@ -420,13 +457,38 @@ class BToksModel(nn.Module):
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
+    def _load_adapter(self, path: Path) -> None:
+        """The adapter ``save_pretrained`` wrote (frozen, like peft's loading for inference); an adapter
+        saved with peft's trainable tokens (btoks before ``BTokRows``) loads too."""
+        from peft import LoraConfig
+        from safetensors.torch import load_file
+
+        lora = LoraConfig.from_pretrained(str(path / ADAPTER_DIR))
+        if self.btok_ids and not (path / ROWS_FILE).is_file() and lora.trainable_token_indices is None:
+            raise FileNotFoundError(f"{path / ROWS_FILE} not found: the trained rows of the "
+                                    f"{len(self.btok_ids)} BToks")
+        lora.trainable_token_indices = None  # older saves: their rows come from the adapter state below
+        self._wrap_peft(lora, autocast_adapter_dtype=True)  # peft's from_pretrained default, as before
+        rows = None
+        if (path / ROWS_FILE).is_file():
+            saved = load_file(path / ROWS_FILE)
+            if saved["ids"].tolist() != self.btok_ids:
+                raise ValueError(f"{path / ROWS_FILE}: BTok ids {saved['ids'].tolist()} differ from the "
+                                 f"tokenizer's {self.btok_ids}")
+            rows = saved["rows"]
+        self.load_adapter_state(load_file(path / ADAPTER_DIR / "adapter_model.safetensors"), str(path), rows)
+        if lora.inference_mode:
+            self.peft_model.requires_grad_(False)
+            if self.btok_rows is not None:
+                self.btok_rows.requires_grad_(False)
+
     @classmethod
     def from_pretrained(cls, path: str | Path, *, merge: bool = False, base_model: str | None = None,
                         **load_kwargs: Any) -> BToksModel:
         """Load what ``save_pretrained`` wrote (the LoRA base is re-read from ``config.base_model``).
 
-        ``merge=True`` folds a LoRA adapter into the weights for inference: same embeddings, no adapter
-        overhead per forward (peft's trainable-token rows otherwise rebuild the embedding matrix every call).
+        ``merge=True`` folds a LoRA adapter and the BTok rows into the weights for inference: same
+        embeddings, no adapter overhead per forward.
         A merged model saves in full. A run folder or ``checkpoint-N`` of the authors' code loads too
         (``btoks.convert``); ``base_model`` overrides where the backbone is read from.
         """
@@ -440,14 +502,10 @@ class BToksModel(nn.Module):
         if base_model is not None:
             config.base_model = base_model
         if (path / ADAPTER_DIR).is_dir():
-            from peft import PeftModel
-
             model = cls(load_backbone(config.base_model, **load_kwargs), config)
-            peft_model = PeftModel.from_pretrained(model.backbone.model, path / ADAPTER_DIR)
+            model._load_adapter(path)
             if merge:
-                model.backbone.model = model.model = peft_model.merge_and_unload()
-            else:
-                model.peft_model = peft_model
+                model.merge_adapters()
         else:
             model = cls(load_backbone(str(path / BACKBONE_DIR), **load_kwargs), config)
         if (path / POOLER_FILE).is_file():
