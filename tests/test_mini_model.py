@@ -143,3 +143,34 @@ def test_mini_pipeline_trains_and_evaluates(btoks_cache, mini_mmeb_quick, tmp_pa
     assert 0.0 <= score <= 100.0 and summary["datasets"]["mini-Shapes-cls"]["n_queries"] == 32
     assert (tmp_path / "eval" / "summary.png").is_file()
     del model
+
+
+def test_frozen_vision_features_are_cached_exactly(mini: MiniBackbone) -> None:
+    """Repeated images are answered from the feature cache with identical features; a changed weight misses."""
+    from btoks.backbones.composed import VisionTower
+
+    tower = mini.model.model.vision_tower
+    pixels = torch.randn(3, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        first = tower(pixels)
+        cache = VisionTower._cache
+        assert cache is not None
+        hits = cache.hits
+        again = tower(pixels[[2, 0]])  # reordered subset: all hits
+        assert cache.hits == hits + 2
+        torch.testing.assert_close(again, first[[2, 0]], rtol=0, atol=0)
+        reference = tower._compute(pixels)
+        torch.testing.assert_close(first, reference, rtol=0, atol=0)
+        weight = next(tower.parameters())
+        saved = weight.clone()
+        weight.mul_(1.5)  # a load or an update bumps the version counter: no stale answer
+        try:
+            changed = tower(pixels)
+            assert not torch.equal(changed, first)
+            torch.testing.assert_close(changed, tower._compute(pixels), rtol=0, atol=0)
+        finally:
+            weight.copy_(saved)
+    with torch.enable_grad():  # a trainable path never reads the cache
+        misses = cache.misses
+        tower(pixels)
+        assert cache.misses == misses
