@@ -82,8 +82,8 @@ def test_shipped_delta_is_reused_and_heals(btoks_cache, smollm2_dir, mini_mmeb_q
 
     monkeypatch.setattr(mini_parts, "_convert_gguf", boom)  # the session cache already holds SmolLM2
     monkeypatch.setattr(mini_heal, "heal", boom)
-    mini = load_backbone("btoks-mini-healed")
-    aligned, raw = load_backbone("btoks-mini-aligned"), load_backbone("btoks-mini")
+    mini = load_backbone("btoks-mini")
+    aligned, raw = load_backbone("btoks-mini-aligned"), load_backbone("btoks-mini-raw")
     q = "language_model.layers.9.self_attn.q_proj.weight"
     params = [dict(b.model.model.named_parameters()) for b in (mini, aligned, raw)]
     assert torch.equal(params[1][q], params[2][q]) and not torch.equal(params[0][q], params[2][q])

@@ -63,7 +63,7 @@ def _train_media(row: dict[str, Any]) -> list[str]:
 def test_manifest_covers_all_meta_tasks(quick) -> None:
     root, manifest = quick
     assert json.loads((root / "manifest.json").read_text()) == manifest
-    assert (manifest["name"], manifest["version"], manifest["seed"]) == ("mini-mmeb", 2, 0)
+    assert (manifest["name"], manifest["version"], manifest["seed"]) == ("mini-mmeb", 3, 0)
     assert {(d["modality"], d["meta_task"]) for d in manifest["datasets"]} == META_TASKS
     names = [d["name"] for d in manifest["datasets"]]
     assert len(set(names)) == len(names) and all(n.startswith("mini-") for n in names)
@@ -75,7 +75,7 @@ def test_manifest_covers_all_meta_tasks(quick) -> None:
         assert 20 <= d["num_queries"] <= 45, d
     assert {t["name"] for t in manifest["train"]} <= set(names)
     assert abs(sum(t["weight"] for t in manifest["train"]) - 1) < 1e-3
-    assert 200 <= sum(t["num_rows"] for t in manifest["train"]) <= 600
+    assert 2000 <= sum(t["num_rows"] for t in manifest["train"]) <= 4000
 
 
 def test_local_eval_rows(quick) -> None:

@@ -87,7 +87,7 @@ def test_inputs_gic_paths_and_padding(mini: MiniBackbone, rgb) -> None:
 
 def test_save_load_adapter_merge_and_full(mini: MiniBackbone, btoks_cache, tmp_path, rgb) -> None:
     samples = _samples(rgb)
-    model = BToksModel(load_mini(cache_dir=btoks_cache), BToksConfig(num_btoks=2, base_model="btoks-mini"))
+    model = BToksModel(load_mini(cache_dir=btoks_cache), BToksConfig(num_btoks=2, base_model="btoks-mini-raw"))
     model.apply_lora(r=4, alpha=8, dropout=0.0, dora=False, init=False)  # non-zero LoRA init: a real delta
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -111,7 +111,8 @@ def test_save_load_adapter_merge_and_full(mini: MiniBackbone, btoks_cache, tmp_p
 
 
 def test_mini_pipeline_trains_and_evaluates(btoks_cache, mini_mmeb_quick, tmp_path) -> None:
-    """The CI slice of `make quickstart`: a few steps on two mini-MMEB sets lower the loss; eval runs."""
+    """The CI slice of `make quickstart`: a few steps on two mini-MMEB sets lower the training loss (InfoNCE +
+    λ·GIC; the healed btoks-mini starts with collapsed embeddings, so a few steps move GIC first); eval runs."""
     from btoks.eval.runner import evaluate
     from btoks.train import TrainConfig, Trainer
     from btoks.train.step import compute_gradients, prepare_batch
@@ -119,7 +120,7 @@ def test_mini_pipeline_trains_and_evaluates(btoks_cache, mini_mmeb_quick, tmp_pa
     manifest = json.loads((mini_mmeb_quick / "manifest.json").read_text())
     cfg = TrainConfig.from_yaml("mini-quick", [
         f"output_dir={tmp_path / 'run'}", f"data_root={mini_mmeb_quick}", "max_steps=6", "batch_size=8",
-        "lr=2e-3", "warmup_steps=0", "save_every=6", "log_every=1",
+        "lr=1e-3", "warmup_steps=0", "save_every=6", "log_every=1", "btoks.gen_weight=1.0", "btoks.gen_steps=null",
     ])
     cfg.data = [d for d in cfg.data if d.name in ("mini-Shapes-cls", "mini-EasyVQA")]
     assert len(cfg.data) == 2 and {t["name"] for t in manifest["train"]} >= {d.name for d in cfg.data}
@@ -129,7 +130,8 @@ def test_mini_pipeline_trains_and_evaluates(btoks_cache, mini_mmeb_quick, tmp_pa
     def loss() -> float:
         batch = prepare_batch(trainer.model, [p.query for p in held], [p.positive for p in held], None, None)
         with torch.no_grad():
-            return compute_gradients(trainer.model, batch, 1.0, backward=lambda _: None).contrastive
+            out = compute_gradients(trainer.model, batch, 1.0, backward=lambda _: None)
+        return out.contrastive + out.generative
 
     before = loss()
     model = trainer.train()

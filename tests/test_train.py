@@ -178,3 +178,17 @@ def test_settings_added_since_a_run_was_recorded_do_not_block_its_resume(tmp_pat
     check_same_run(tmp_path, {**cfg, "a_setting_added_later": 3})  # the record predates it: same run
     with pytest.raises(ConfigMismatchError, match=r"seed 42 → 7"):
         check_same_run(tmp_path, {**cfg, "seed": 7})
+
+
+def test_auto_dtype_is_bf16_only_where_the_hardware_multiplies_it(monkeypatch) -> None:
+    from btoks.train.trainer import resolve_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for avx512_bf16, amx, want in ((False, False, torch.float32), (True, False, torch.bfloat16),
+                                   (False, True, torch.bfloat16)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert resolve_dtype("auto") is want
+    assert resolve_dtype("float16") is torch.float16
+    with pytest.raises(ValueError, match="dtype must be"):
+        TrainConfig(dtype="half", data_root=None, examples="shapes")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from btoks.data.mini_mmeb import build_mini_mmeb, describe
+from btoks.data.mini_mmeb.common import VERSION
 from btoks.eval.compare import compare
 from btoks.eval.runner import evaluate
 from btoks.train.config import TrainConfig
@@ -45,10 +46,18 @@ def _stage(title: str) -> float:
     return time.perf_counter()
 
 
+def _built(manifest: Path, size: str, seed: int) -> bool:
+    """A finished build of this size and seed by this version of the builder (anything else is rebuilt)."""
+    if not manifest.is_file():
+        return False
+    m = json.loads(manifest.read_text())
+    return (m.get("size"), m.get("seed"), m.get("version")) == (size, seed, VERSION)
+
+
 def build_data(out: Path, size: str, seed: int) -> Path:
     data = out / "data"
     manifest = data / "manifest.json"
-    if manifest.is_file() and json.loads(manifest.read_text()).get("size") == size:
+    if _built(manifest, size, seed):
         print(f"mini-MMEB ({size}) already built in {data}")
         return data
     m = build_mini_mmeb(data, seed=seed, size=size, overwrite=True)
@@ -181,7 +190,7 @@ def run_quickstart(args: argparse.Namespace) -> int:
 
     t = _stage("1/4 build mini-MMEB")
     manifest = out / "data" / "manifest.json"
-    reused = manifest.is_file() and json.loads(manifest.read_text()).get("size") == args.preset
+    reused = _built(manifest, args.preset, args.seed)
     data = build_data(out, args.preset, args.seed)
     record("data_s", t, reused)
 

@@ -83,8 +83,8 @@ class TrainConfig:
             self.data = manifest_sources(self.data_root)
         if self.prompt_style not in ("btoks", "authors"):
             raise ValueError(f"prompt_style must be btoks or authors, got {self.prompt_style!r}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16", "auto"):
+            raise ValueError(f"dtype must be float32, bfloat16, float16 or auto, got {self.dtype!r}")
         if not self.data and not self.examples:
             raise ValueError("no training data: set `data` (datasets), `data_root` (a folder whose manifest.json "
                              "lists `train` sets, e.g. mini-MMEB) or `examples` (a built-in example set)")
@@ -196,7 +196,7 @@ FIELD_HELP = {
     "max_grad_norm": "gradient clipping",
     "gradient_checkpointing": "recompute activations (uses the explicit-mask GIC path)",
     "hard_negatives": "add each row's neg_text/neg_image as an extra candidate",
-    "seed / dtype / attn_implementation": "reproducibility, float32|bfloat16|float16, sdpa|eager",
+    "seed / dtype / attn_implementation": "reproducibility, float32|bfloat16|float16|auto (bf16 where the hardware has it), sdpa|eager",
     "image_max_pixels": "largest image area after resizing (Qwen-VL dynamic resolution; btoks-mini is fixed)",
     "video_frames": "frames sampled uniformly per training video (btoks-mini uses at most 3 of them)",
     "log_every / save_every / keep_checkpoints / resume": "logging and atomic checkpoints; resume is exact",

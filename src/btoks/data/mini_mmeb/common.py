@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 NAME = "mini-mmeb"
 
 
-VERSION = 2  # 2: mini-Slides-docs replaces mini-LeeNews-docs
+VERSION = 3  # 2: mini-Slides-docs replaces mini-LeeNews-docs; 3: quick has 256 training rows per set (was 32)
 
 
 IMG = "<|image_1|>"
@@ -58,7 +58,7 @@ class SizePreset:
     doc_queries: int
 
 
-SIZES = {"quick": SizePreset(32, 32, 32), "full": SizePreset(200, 800, 100)}
+SIZES = {"quick": SizePreset(32, 256, 32), "full": SizePreset(200, 800, 100)}
 
 
 def _set(name: str, modality: str, meta_task: str, query_instruction: str, target_instruction: str,
