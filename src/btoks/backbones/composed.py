@@ -8,8 +8,9 @@ wrapped in one start/end pair; a document page is an image. Positions are ordina
 
 The model is a regular ``PreTrainedModel`` registered with the Auto classes, so ``save_pretrained`` /
 ``from_pretrained`` / peft work unchanged, and it plugs into btoks through :class:`MiniBackbone` like any other
-family. The projector starts random (no offline caption corpus exists to pre-align it); it is trained with the
-embedding objective — with LoRA it is saved in full as a ``modules_to_save`` module.
+family. ``btoks-mini`` applies the shipped heal + align delta (:mod:`btoks.backbones.mini_heal`): the projector
+aligned on captions and the cut decoder healed into a language model again; ``btoks-mini-raw`` is the bare cut
+with a random projector. With LoRA the projector is saved in full as a ``modules_to_save`` module.
 
 To fit a 2-core CPU budget the decoder keeps ``DEFAULT_LAYERS`` of its 30 layers: the first ones plus the last
 two, which map hidden states back into the vocabulary space (on three held-out sentences the token CE is 12.6
