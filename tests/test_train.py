@@ -192,3 +192,14 @@ def test_auto_dtype_is_bf16_only_where_the_hardware_multiplies_it(monkeypatch) -
     assert resolve_dtype("float16") is torch.float16
     with pytest.raises(ValueError, match="dtype must be"):
         TrainConfig(dtype="half", data_root=None, examples="shapes")
+
+
+def test_a_finished_run_is_the_same_run_for_a_fresh_config(tmp_path):
+    """Building the model fills in btoks.base_model / backbone, and the checkpoint records that: a re-run with the
+    same settings (a resumed quickstart) must still recognise its finished run."""
+    from btoks.train.rundir import check_same_run
+
+    Trainer(_cfg(tmp_path, max_steps=2)).train()
+    recorded = json.loads(next((tmp_path / "checkpoints").glob("checkpoint-*/trainer.json")).read_text())
+    assert recorded["config"]["btoks"]["base_model"]  # the model did fill it in
+    check_same_run(tmp_path, _cfg(tmp_path, max_steps=2).to_dict())

@@ -38,6 +38,8 @@ class ConfigMismatchError(BToksError):
 def identity(cfg_dict: dict[str, Any]) -> dict[str, Any]:
     """The part of a ``TrainConfig.to_dict()`` that decides what is trained (see :data:`RUN_ONLY`)."""
     plain = json.loads(json.dumps(cfg_dict, default=str))  # tuples → lists, as read back from JSON
+    if isinstance(plain.get("btoks"), dict):  # filled in when the model is built: `model` already names it
+        plain["btoks"] = {k: v for k, v in plain["btoks"].items() if k not in ("base_model", "backbone")}
     return {k: v for k, v in plain.items() if k not in RUN_ONLY and k != "fingerprint"}
 
 
