@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 
@@ -163,6 +164,10 @@ def test_frozen_vision_features_are_cached_exactly(mini: MiniBackbone) -> None:
         torch.testing.assert_close(again, first[[2, 0]], rtol=0, atol=0)
         reference = tower._compute(pixels)
         torch.testing.assert_close(first, reference, rtol=0, atol=0)
+        twin = copy.deepcopy(tower)  # a second model with the same weights (the other quickstart arm) hits
+        hits = cache.hits
+        torch.testing.assert_close(twin(pixels), first, rtol=0, atol=0)
+        assert cache.hits == hits + 3
         weight = next(tower.parameters())
         saved = weight.clone()
         weight.mul_(1.5)  # a load or an update bumps the version counter: no stale answer

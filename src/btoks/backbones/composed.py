@@ -156,6 +156,18 @@ class VisionTower(EfficientNetFeatures):
     def train(self, mode: bool = True) -> VisionTower:
         return super().train(False)
 
+    def _weights_key(self) -> bytes:
+        """Digest of the weights, recomputed only when an in-place change (a load, a training step) bumps a
+        parameter's version counter: towers with the same weights share features, others never do."""
+        versions = tuple(p._version for p in self.parameters())
+        cached = getattr(self, "_weights_digest", None)
+        if cached is None or cached[0] != versions:
+            h = hashlib.blake2b(digest_size=16)
+            for p in self.parameters():
+                h.update(p.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+            cached = self._weights_digest = (versions, h.digest())
+        return cached[1]
+
     def _compute(self, pixel_values: torch.Tensor) -> torch.Tensor:
         feats = F.adaptive_avg_pool2d(super().forward(pixel_values), self.grid)
         return feats.flatten(2).transpose(1, 2)
@@ -166,10 +178,7 @@ class VisionTower(EfficientNetFeatures):
         cache = VisionTower._cache
         if cache is None or cache.max_bytes != self.FEATURE_CACHE_BYTES:
             cache = VisionTower._cache = FeatureCache(self.FEATURE_CACHE_BYTES)
-        # the weights are part of the key (object + in-place version counters): towers never share features,
-        # and a tower whose weights were loaded or trained since misses instead of answering stale features
-        versions = ",".join(str(p._version) for p in self.parameters())
-        prefix = f"{id(self)}:{versions}:{self.grid}:{pixel_values.dtype}".encode()
+        prefix = self._weights_key() + f":{self.grid}:{pixel_values.dtype}".encode()
         keys = [prefix + FeatureCache.key(p) for p in pixel_values]
         found = [cache.get(k) for k in keys]
         todo = [i for i, f in enumerate(found) if f is None]
