@@ -423,7 +423,8 @@ def test_quickstart_rerun_keeps_the_first_runs_timings(tmp_path: Path, monkeypat
         (out / "data").mkdir(exist_ok=True)
         if not (out / "data" / "manifest.json").is_file():
             time.sleep(0.05)
-            (out / "data" / "manifest.json").write_text(json.dumps({"size": size}))
+            manifest = {"size": size, "seed": seed, "version": quickstart.VERSION}  # what a real build records
+            (out / "data" / "manifest.json").write_text(json.dumps(manifest))
         return out / "data"
 
     def fake_train(preset, arm, out, data, extra) -> Path:
