@@ -272,11 +272,6 @@ class BToksMiniForCausalLM(BToksMiniPreTrainedModel, GenerationMixin):
     def get_decoder(self) -> nn.Module:
         return self.model
 
-    @property
-    def is_gradient_checkpointing(self) -> bool:
-        """peft still reads this deprecated name; answer with the new one instead of a FutureWarning per load."""
-        return self.is_activation_checkpointing
-
     def forward(self, input_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 logits_to_keep: int = 0, **kwargs: Any) -> CausalLMOutputWithPast:
         out = self.model(input_ids=input_ids, **kwargs)
