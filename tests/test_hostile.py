@@ -451,7 +451,7 @@ def test_quickstart_rerun_keeps_the_first_runs_timings(tmp_path: Path, monkeypat
     monkeypatch.setattr(quickstart, "evaluate", fake_eval)
     monkeypatch.setattr(quickstart, "compare", fake_compare)
     monkeypatch.setattr(quickstart, "first_losses", lambda run: (1.0, 0.5))
-    argv = ["quickstart", "--out", str(tmp_path), "--no-search"]
+    argv = ["quickstart", "--out", str(tmp_path), "--no-search", "--jobs", "1"]  # fakes live in this process
     assert main(argv) == 0
     first = json.loads((tmp_path / "quickstart.json").read_text())["wall_times_s"]
     assert all(v >= 0.05 for k, v in first.items() if k != "total_s")

@@ -63,7 +63,7 @@ def _train_media(row: dict[str, Any]) -> list[str]:
 def test_manifest_covers_all_meta_tasks(quick) -> None:
     root, manifest = quick
     assert json.loads((root / "manifest.json").read_text()) == manifest
-    assert (manifest["name"], manifest["version"], manifest["seed"]) == ("mini-mmeb", 3, 0)
+    assert (manifest["name"], manifest["version"], manifest["seed"]) == ("mini-mmeb", 4, 0)
     assert {(d["modality"], d["meta_task"]) for d in manifest["datasets"]} == META_TASKS
     names = [d["name"] for d in manifest["datasets"]]
     assert len(set(names)) == len(names) and all(n.startswith("mini-") for n in names)
@@ -207,3 +207,22 @@ def test_manifest_registers_with_the_eval_harness(quick) -> None:
     specs = registry.load_manifest(root, overwrite=True)
     assert [s.name for s in specs] == [d["name"] for d in manifest["datasets"]]
     assert {(s.modality, s.meta_task) for s in specs} == META_TASKS
+
+
+def test_moment_clips_cut_four_distinct_events_together(quick) -> None:
+    """mini-Moment (v4): the long clip is four events on their own backgrounds; the positive is one whole event,
+    the negatives the other events and the half-overlapping windows (so appearance, then motion, decides)."""
+    from PIL import Image
+
+    root, _ = quick
+    rows = [r for r in _jsonl(root / "eval" / "mini-Moment.jsonl") if "moment-test-" in r["qry_video_path"]]
+    assert len(rows) >= 16
+    for row in rows:
+        base = row["qry_video_path"].removesuffix("-full")
+        assert row["tgt_video_path"][0].startswith(base + "-seg")  # the positive: one whole event
+        assert sorted(Path(p).name.removeprefix(Path(base).name + "-") for p in row["tgt_video_path"]) == [
+            "mid0", "mid1", "mid2", "seg0", "seg1", "seg2", "seg3"]
+        corners = {Image.open(root / f"{base}-seg{i}" / "0000.png").convert("RGB").getpixel((0, 0))
+                   for i in range(4)}
+        assert len(corners) == 4, f"{base}: events must be told apart by what they show"
+        assert row["qry_text"].startswith("the ") and row["qry_text"].split()[3] == "moves"

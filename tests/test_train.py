@@ -203,3 +203,30 @@ def test_a_finished_run_is_the_same_run_for_a_fresh_config(tmp_path):
     recorded = json.loads(next((tmp_path / "checkpoints").glob("checkpoint-*/trainer.json")).read_text())
     assert recorded["config"]["btoks"]["base_model"]  # the model did fill it in
     check_same_run(tmp_path, _cfg(tmp_path, max_steps=2).to_dict())
+
+
+def test_quickstart_arms_trained_at_once_match_one_after_the_other(tmp_path):
+    """`--jobs 2` trains the two arms in two spawned processes; each must train exactly as it does alone."""
+    from btoks.quickstart import ARMS, train_arm, train_arms_together
+
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("model: tiny:llama\nexamples: text\nmax_steps: 3\nbatch_size: 4\ngrad_cache_chunk: null\n"
+                      "lora: false\nlr: 0.01\nwarmup_steps: 1\nlog_every: 1\nsave_every: 3\nseed: 0\n"
+                      "btoks: {num_btoks: 2, gen_weight: 1.0}\n")
+    seconds = train_arms_together(str(preset), ARMS, tmp_path / "together", tmp_path, [], jobs=2)
+    assert set(seconds) == {a.name for a in ARMS} and all(s > 0 for s in seconds.values())
+    for arm in ARMS:
+        train_arm(str(preset), arm, tmp_path / "alone", tmp_path, [], progress=False)
+
+        def log(run: Path, arm=arm) -> list[float]:
+            rows = [json.loads(line) for line in (run / arm.name / "log.jsonl").read_text().splitlines()]
+            return [r[k] for r in rows for k in ("contrastive", "generative")]
+
+        together, alone = log(tmp_path / "together"), log(tmp_path / "alone")
+        assert len(together) == 6 and together == pytest.approx(alone, rel=1e-4, abs=1e-5), arm.name
+        assert (tmp_path / "together" / arm.name / "model" / "btoks_config.json").is_file()
+
+    broken = tmp_path / "broken.yaml"  # an error inside a child names the arm instead of hanging the parent
+    broken.write_text(preset.read_text().replace("examples: text", "examples: no-such-examples"))
+    with pytest.raises(RuntimeError, match=r"training (lasttoken|btoks) failed(.|\n)*unknown example set"):
+        train_arms_together(str(broken), ARMS, tmp_path / "broken", tmp_path, [], jobs=2)

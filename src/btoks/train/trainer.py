@@ -117,8 +117,10 @@ class Trainer:
         return True
 
     # ---- loop ------------------------------------------------------------------------------------------------
-    def train(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> BToksModel:
-        """Run to ``max_steps`` (resuming from the latest checkpoint) and save the final model."""
+    def train(self, on_step: Callable[[int, dict[str, float]], None] | None = None,
+              progress: bool = True) -> BToksModel:
+        """Run to ``max_steps`` (resuming from the latest checkpoint) and save the final model; ``on_step`` sees
+        every step's record (``progress=False`` leaves the progress display to it)."""
         cfg, acc = self.cfg, self.accelerator
         if acc.is_main_process:  # refuses a different configuration's run; cleans a killed run's leftovers
             rundir.prepare(self.out, cfg.to_dict(), resume=cfg.resume)
@@ -129,7 +131,8 @@ class Trainer:
         self.model.train()
         rank, per_rank = acc.process_index, cfg.batch_size
         batches = iter(self.sampler)
-        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", disable=not acc.is_main_process)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train",
+                   disable=not (progress and acc.is_main_process))
         log_file = self.out / rundir.LOG_FILE
         started = time.time()
         while self.step < cfg.max_steps:

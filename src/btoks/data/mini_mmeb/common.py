@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 NAME = "mini-mmeb"
 
 
-VERSION = 3  # 2: mini-Slides-docs replaces mini-LeeNews-docs; 3: quick has 256 training rows per set (was 32)
+VERSION = 4  # 2: mini-Slides-docs replaces mini-LeeNews-docs; 3: quick has 256 training rows per set (was 32);
+# 4: mini-Moment cuts four events of different shapes together (was one shape changing direction: at chance)
 
 
 IMG = "<|image_1|>"

@@ -183,33 +183,16 @@ def motion_clip(rng: np.random.Generator, item: ShapeItem, motion: str) -> list[
     return render_clip(item.bg, [Actor(item.sprite(), 18.0, motion_path(rng, motion))])
 
 
-def moment_clip(rng: np.random.Generator, mover: ShapeItem, still: ShapeItem | None,
-                 seg: int = NUM_FRAMES, step: float = 18.0) -> tuple[list[Image.Image], list[str]]:
-    """A 4-segment clip: the mover goes a different direction in each segment (a closed loop)."""
-    dirs = shuffled(rng, ["left", "right", "up", "down"])
-    offsets = [(0.0, 0.0)]
-    for d in dirs:
-        dx, dy = STEP[d]
-        offsets.append((offsets[-1][0] + dx * step, offsets[-1][1] + dy * step))
-    xs, ys = [o[0] for o in offsets], [o[1] for o in offsets]
-    x0 = float(rng.uniform(10 - min(xs), 54 - max(xs)))
-    y0 = float(rng.uniform(10 - min(ys), 54 - max(ys)))
-    path = []
-    for k in range(len(dirs)):
-        (ax, ay), (bx, by) = offsets[k], offsets[k + 1]
-        for j in range(seg):
-            f = (j + 1) / seg
-            path.append((x0 + ax + (bx - ax) * f, y0 + ay + (by - ay) * f, 1.0))
-    actors = [Actor(mover.sprite(), 14.0, path)]
-    if still is not None:
-        lo_x, hi_x = x0 + min(xs) - 7, x0 + max(xs) + 7
-        lo_y, hi_y = y0 + min(ys) - 7, y0 + max(ys) + 7
-        corners = [(c, d) for c in (8.0, 56.0) for d in (8.0, 56.0)
-                   if c + 7 < lo_x or c - 7 > hi_x or d + 7 < lo_y or d - 7 > hi_y]
-        if corners:
-            cx, cy = corners[int(rng.integers(len(corners)))]
-            actors.append(Actor(still.sprite(), 12.0, [(cx, cy, 1.0)] * len(path)))
-    return render_clip(mover.bg, actors), dirs
+def moment_clip(rng: np.random.Generator, movers: Sequence[ShapeItem], seg: int = NUM_FRAMES
+                ) -> tuple[list[Image.Image], list[str]]:
+    """A clip of ``len(movers)`` events cut together: in event k sprite k, on its own background, moves in
+    its own direction (distinct directions). Like a real video's scenes, an event is told apart by what it
+    shows, and within it by how it moves."""
+    dirs = shuffled(rng, ["left", "right", "up", "down"])[:len(movers)]
+    frames: list[Image.Image] = []
+    for item, d in zip(movers, dirs, strict=True):
+        frames += render_clip(item.bg, [Actor(item.sprite(), 16.0, motion_path(rng, d, n=seg))])
+    return frames, dirs
 
 
 PAGE_SIZE = (224, 288)

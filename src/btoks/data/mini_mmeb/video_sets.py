@@ -68,6 +68,17 @@ def _mover_and_still(rng: np.random.Generator, pool: list[ShapeItem]) -> tuple[S
     return mover, still
 
 
+def _distinct(rng: np.random.Generator, pool: list[ShapeItem], k: int) -> list[ShapeItem]:
+    """``k`` sprites of ``k`` different colour-shape descriptions."""
+    out: list[ShapeItem] = []
+    for item in pick(rng, pool, len(pool)):
+        if item.desc not in {o.desc for o in out}:
+            out.append(item)
+            if len(out) == k:
+                return out
+    raise ValueError(f"the sprite pool has fewer than {k} distinct shapes")
+
+
 def build_motion_qa(ctx: Ctx) -> Built:
     """Two shapes, one moves: questions about direction, which shape moves, and the mover's colour."""
     set_name = "mini-Motion-QA"
@@ -208,22 +219,24 @@ def _real_t2v_rows(ctx: Ctx, rng: np.random.Generator, b: Built, synthetic: list
 
 
 def build_moment(ctx: Ctx) -> Built:
-    """Moment retrieval: (long clip + event) -> the window showing it; half-overlapping windows are negatives."""
+    """Moment retrieval: (long clip + event) -> the window showing it. The clip cuts four events together (a
+    different shape moving its own way in each); the other event windows and the half-overlapping windows, which
+    show half of the asked event, are the negatives."""
     set_name = "mini-Moment"
     seg = NUM_FRAMES
     def split_rows(split: str, rng: np.random.Generator, b: Built) -> list[dict[str, Any]]:
         pool = ctx.sprite_pool(rng, split, 300)
         rows = []
         for r in range(ctx.n(split)):
-            mover, still = _mover_and_still(rng, pool)
-            frames, dirs = moment_clip(rng, mover, still)
+            movers = _distinct(rng, pool, 4)
+            frames, dirs = moment_clip(rng, movers)
             k = int(rng.integers(len(dirs)))
-            text = f"the {mover.desc} {MOTION_PHRASE[dirs[k]]}"
+            text = f"the {movers[k].desc} {MOTION_PHRASE[dirs[k]]}"
             name = f"moment-{split}-{r:04d}"
             full = ctx.out.frames(f"{name}-full", _sample(frames))
             windows = {f"seg{i}": (i * seg, (i + 1) * seg) for i in range(len(dirs))}
             windows.update({f"mid{i}": (i * seg + seg // 2, (i + 1) * seg + seg // 2) for i in range(len(dirs) - 1)})
-            b.sources(split).update([mover.source_id, still.source_id])
+            b.sources(split).update(m.source_id for m in movers)
             if split == "train":
                 neg_key = pick(rng, [w for w in windows if w != f"seg{k}"], 1)[0]
                 pos = ctx.out.frames(f"{name}-seg{k}", frames[slice(*windows[f"seg{k}"])])
