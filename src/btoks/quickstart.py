@@ -92,17 +92,22 @@ def train_arm(preset: str, arm: Arm, out: Path, data: Path, extra: list[str],
     return model_dir
 
 
-def _train_worker(preset: str, arm: Arm, out: Path, data: Path, extra: list[str], threads: int,
+def _train_worker(preset: str, arm: Arm, out: Path, data: Path, extra: list[str], threads: int, active: Any,
                   queue: Any) -> None:
-    """One arm in its own process: ``threads`` CPU threads, progress and the outcome sent to ``queue``."""
+    """One arm in its own process, progress and the outcome sent to ``queue``. It uses its share of the
+    ``threads`` CPU threads among the ``active`` arms, and takes them all once the other arm has finished."""
     import torch
 
-    torch.set_num_threads(threads)
+    def on_step(step: int, rec: dict[str, float]) -> None:
+        share = max(1, threads // max(1, active.value))
+        if share != torch.get_num_threads():
+            torch.set_num_threads(share)
+        queue.put((arm.name, "step", (step, rec["contrastive"], rec["generative"])))
+
+    torch.set_num_threads(max(1, threads // max(1, active.value)))
     t0 = time.perf_counter()
     try:
-        train_arm(preset, arm, out, data, extra,
-                  on_step=lambda step, rec: queue.put((arm.name, "step", (step, rec["contrastive"], rec["generative"]))),
-                  progress=False)
+        train_arm(preset, arm, out, data, extra, on_step=on_step, progress=False)
     except BaseException:
         queue.put((arm.name, "error", traceback.format_exc()))  # the parent prints it once, naming the arm
         raise SystemExit(1) from None
@@ -111,17 +116,16 @@ def _train_worker(preset: str, arm: Arm, out: Path, data: Path, extra: list[str]
 
 def train_arms_together(preset: str, arms: Sequence[Arm], out: Path, data: Path, extra: list[str],
                         jobs: int) -> dict[str, float]:
-    """Train ``arms`` in ``jobs`` processes at once, the CPU threads split between them; returns each arm's
-    training seconds. On a small CPU this is faster than one arm after the other with every thread each:
-    the per-step work of this model is too small to keep two threads busy (docs/results.md measures it)."""
+    """Train ``arms`` in ``jobs`` processes at once, the CPU threads split between the running ones; returns
+    each arm's training seconds. On a small CPU this beats one arm after the other with every thread each, as
+    one step of this model is too small to keep two threads busy (docs/results.md measures it)."""
     import multiprocessing as mp
 
     from tqdm.auto import tqdm
 
-    threads = max(1, torch_threads() // jobs)
     steps = {a.name: arm_config(preset, a, out, data, extra).max_steps for a in arms}
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
+    queue, active = ctx.Queue(), ctx.Value("i", 0)
     bars = {a.name: tqdm(total=steps[a.name], desc=f"train {a.label}", position=i, leave=True)
             for i, a in enumerate(arms)}
     seconds: dict[str, float] = {}
@@ -131,8 +135,9 @@ def train_arms_together(preset: str, arms: Sequence[Arm], out: Path, data: Path,
         while pending or running:
             while pending and len(running) < jobs:
                 arm = pending.pop(0)
-                proc = ctx.Process(target=_train_worker, args=(preset, arm, out, data, extra, threads, queue),
-                                   name=f"train-{arm.name}")
+                active.value += 1
+                proc = ctx.Process(target=_train_worker, name=f"train-{arm.name}",
+                                   args=(preset, arm, out, data, extra, torch_threads(), active, queue))
                 proc.start()
                 running[arm.name] = proc
             try:
@@ -151,6 +156,7 @@ def train_arms_together(preset: str, arms: Sequence[Arm], out: Path, data: Path,
             else:
                 seconds[name] = value
                 running.pop(name).join()
+                active.value -= 1
     finally:
         for proc in running.values():
             proc.terminate()
