@@ -98,13 +98,16 @@ def _train_worker(preset: str, arm: Arm, out: Path, data: Path, extra: list[str]
     ``threads`` CPU threads among the ``active`` arms, and takes them all once the other arm has finished."""
     import torch
 
-    def on_step(step: int, rec: dict[str, float]) -> None:
+    def take_share() -> None:
         share = max(1, threads // max(1, active.value))
         if share != torch.get_num_threads():
             torch.set_num_threads(share)
+
+    def on_step(step: int, rec: dict[str, float]) -> None:
+        take_share()
         queue.put((arm.name, "step", (step, rec["contrastive"], rec["generative"])))
 
-    torch.set_num_threads(max(1, threads // max(1, active.value)))
+    take_share()
     t0 = time.perf_counter()
     try:
         train_arm(preset, arm, out, data, extra, on_step=on_step, progress=False)
